@@ -1,0 +1,57 @@
+# Lal — two commands for a fresh machine:
+#   make lab    install everything into .venv and open the course in JupyterLab
+#   make test   install everything and run every test (unit tests, notebooks, exercises)
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOK_TIMEOUT ?= 300
+
+.PHONY: help install lab test unit notebooks-test exercises notebooks headers bench clean
+
+help:
+	@echo "make lab        install (first time only) and start JupyterLab in notebooks/"
+	@echo "make test       install (first time only) and run all tests"
+	@echo "make unit       unit tests of the lal package only"
+	@echo "make exercises  regenerate exercises/ from solutions/"
+	@echo "make notebooks  re-execute every chapter and solutions notebook in place"
+	@echo "make headers    regenerate the Colab badge / setup cells of every notebook"
+	@echo "make bench      throughput and time-to-loss benchmarks on this machine"
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[notebooks,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: install
+	$(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=$(NOTEBOOK_TIMEOUT) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+
+unit: install
+	$(PYTHON) -m pytest tests -q
+
+exercises: install
+	$(PYTHON) tools/make_exercises.py
+
+headers: install
+	$(PYTHON) tools/notebook_cells.py
+
+notebooks: install headers
+	for nb in notebooks/[0-9]*.ipynb solutions/[0-9]*.ipynb; do \
+		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=$(NOTEBOOK_TIMEOUT) --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
+	done
+	$(PYTHON) tools/make_exercises.py
+
+bench: install
+	$(VENV)/bin/lal bench
+	$(PYTHON) benchmarks/time_to_loss.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

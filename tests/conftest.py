@@ -1,0 +1,23 @@
+"""Shared test set-up: the repository's tools/ on the import path, and a data fixture."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")  # tests never open windows
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> str:
+    """TinyShakespeare's text, through the package's own loader (cache, LAL_DATA_DIR or download)."""
+    from lal.data import load_text
+
+    return load_text("tinyshakespeare")
