@@ -45,7 +45,8 @@ headers: install
 notebooks: install headers
 	for nb in notebooks/[0-9]*.ipynb solutions/[0-9]*.ipynb; do \
 		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=$(NOTEBOOK_TIMEOUT) --ExecutePreprocessor.kernel_name=python3 "$$nb" || exit 1; \
+			--ExecutePreprocessor.timeout=$(NOTEBOOK_TIMEOUT) --ExecutePreprocessor.kernel_name=python3 \
+			--ExecutePreprocessor.store_widget_state=False "$$nb" || exit 1; \
 	done
 	$(PYTHON) tools/make_exercises.py
 

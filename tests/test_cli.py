@@ -1,0 +1,118 @@
+"""The ``lal`` command line end to end: train a few steps, resume, generate, build a corpus, bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lal.train
+from lal.checkpoint import load_checkpoint
+from lal.cli import main
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 60
+
+
+@pytest.fixture()
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mine.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def _train(text_file: Path, out: Path, *extra: str) -> int:
+    return main(
+        ["train", "--text", str(text_file), "--tokenizer", "char", "--preset", "char-tiny", "--out", str(out),
+         "--block-size", "32", "--batch-size", "8", "--eval-interval", "10", "--device", "cpu", "--seed", "3",
+         "--quiet", *extra]
+    )
+
+
+def test_train_then_generate(text_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert _train(text_file, out, "--max-steps", "30") == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["step"] for row in rows] == [0, 10, 20, 30]  # step 0: the untrained baseline
+    for row in rows:
+        assert {"step", "elapsed_s", "tokens", "train_loss", "val_loss"} <= set(row)
+    assert rows[-1]["tokens"] == 30 * 8 * 32
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+
+    capsys.readouterr()
+    assert main(["generate", "--ckpt", str(out), "--prompt", "To be", "--max-new-tokens", "25", "--seed", "1",
+                 "--device", "cpu"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("To be") and len(first.rstrip("\n")) >= len("To be") + 20
+    main(["generate", "--ckpt", str(out), "--prompt", "To be", "--max-new-tokens", "25", "--seed", "1", "--device", "cpu"])
+    assert capsys.readouterr().out == first  # the same seed gives the same text
+
+
+def test_resume_continues_an_interrupted_run(text_file: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(text_file, straight, "--max-steps", "20") == 0
+
+    uninterrupted_train = lal.train.train
+
+    def train_interrupted_at_step_10(*args, callbacks=(), **kwargs):
+        def press_ctrl_c(event) -> None:
+            if event.step == 10:
+                raise KeyboardInterrupt
+        return uninterrupted_train(*args, callbacks=[*callbacks, press_ctrl_c], **kwargs)
+
+    monkeypatch.setattr(lal.train, "train", train_interrupted_at_step_10)
+    assert _train(text_file, resumed, "--max-steps", "20") == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _train(text_file, resumed, "--max-steps", "20", "--resume") == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_target_val_loss_stops_early(text_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "target"
+    assert _train(text_file, out, "--max-steps", "200", "--target-val-loss", "3.5") == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows[-1]["val_loss"] <= 3.5 and rows[-1]["step"] < 200
+    assert all(row["val_loss"] > 3.5 for row in rows[:-1])
+
+
+def test_bad_input_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")]) == 1
+    assert "No text file" in capsys.readouterr().err
+    assert main(["generate", "--ckpt", str(tmp_path / "nowhere")]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+def test_corpus_from_files(tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("First note.", encoding="utf-8")
+    (notes / "b.html").write_text(
+        "<html><body><nav>Menu</nav><main><p>Second note.</p></main><script>x=1</script></body></html>",
+        encoding="utf-8",
+    )
+    out = tmp_path / "corpus.txt"
+    assert main(["corpus", "--file", str(notes), "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "First note." in text and "Second note." in text
+    assert "Menu" not in text and "x=1" not in text
+
+
+def test_bench_reports_positive_figures(capsys) -> None:
+    assert main(["bench", "--preset", "char-tiny", "--steps", "2", "--batch-size", "4", "--block-size", "32",
+                 "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1 and result["peak_memory_mb"] > 0
+    assert result["n_params"] > 0 and result["block_size"] == 32
+
+
+def test_help_works_as_a_module() -> None:
+    completed = subprocess.run([sys.executable, "-m", "lal", "train", "--help"], capture_output=True, text=True)
+    assert completed.returncode == 0
+    assert "--target-val-loss" in completed.stdout and "--resume" in completed.stdout
