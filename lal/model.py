@@ -80,7 +80,7 @@ class GPTConfig:
 #: ``lal``, the size of GPT-2 small (124M parameters with GPT-2's 50,257-token vocabulary).
 PRESETS: dict[str, dict[str, Any]] = {
     # name           layers heads width  context   ≈ parameters (char vocab 65 / BPE vocab as noted)
-    "char-tiny": dict(n_layer=4, n_head=4, n_embd=96, block_size=128),  # ≈ 0.5M
+    "char-tiny": dict(n_layer=2, n_head=4, n_embd=128, block_size=64),  # ≈ 0.4M (fastest to 1.89 on a CPU)
     "char-small": dict(n_layer=6, n_head=6, n_embd=240, block_size=256),  # ≈ 4M
     "char-medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # ≈ 10.7M (nanoGPT's shakespeare-char)
     "bpe-tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),  # ≈ 1M with a 2k vocabulary

@@ -1,0 +1,9 @@
+"""Automatic checks for the exercises: ``lal.checks.check_<function>(your_function)``.
+
+Each check runs your function on ordinary and edge cases, compares it with the reference in
+``lal``, and either prints one success line or raises ``AssertionError`` explaining what is
+wrong. One module per chapter.
+"""
+from lal.checks.ch04 import check_block_forward, check_count_gpt_parameters, check_gelu, check_layer_norm  # noqa: F401
+from lal.checks.ch01 import check_bigram_counts, check_bigram_probs, check_cross_entropy, check_sample_bigram  # noqa: F401
+from lal.checks.ch03 import check_average_past, check_causal_attention, check_merge_heads, check_split_heads  # noqa: F401

@@ -1,0 +1,909 @@
+"""Supervised fine-tuning (SFT): teaching a pretrained model to answer instead of ramble.
+
+A pretrained model continues text. To make it follow instructions we show it conversations
+in a fixed format, the *chat template*, and train on them with one change to the loss: only
+the answer counts. Chapter 7 builds each piece:
+
+* :class:`ChatTemplate` marks who speaks with special tokens that no ordinary text contains::
+
+      <|user|>Reverse: love<|end|><|assistant|>evol<|end|>
+
+* :func:`encode_example` turns one (prompt, response) pair into input ids and next-token
+  targets, with the targets of the prompt and the template set to ``IGNORE_INDEX`` so the
+  model is trained to produce the response (and to stop), never to imitate the user;
+* :func:`make_instruction_dataset` generates instructions whose answers a program can check
+  (reverse a word, count its letters, add two numbers, ...), from words a character model
+  trained on Shakespeare can spell, split so that held-out prompts are never trained on;
+* :func:`make_sft_batches` pads encoded examples into ``(x, y)`` batches, and
+  :func:`mix_pretraining` interleaves batches of pretraining text, the usual remedy for
+  *forgetting* (fine-tuning pulls the model away from what pretraining taught it);
+* :func:`evaluate_instructions` answers held-out prompts greedily and scores them by program.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lal.data import eval_windows, get_batch
+from lal.device import autocast, needs_grad_scaler, pick_device
+from lal.model import GPT, IGNORE_INDEX
+from lal.sample import decode_stream, generate, stream
+from lal.tokenizers import CHAT_SPECIAL_TOKENS, Tokenizer
+from lal.train import (
+    EVAL_SEED,
+    EvalEvent,
+    History,
+    TrainConfig,
+    TrainingDivergedError,
+    estimate_loss,
+    lr_at,
+    make_optimizer,
+)
+
+#: A message of a conversation: ``{"role": "user" | "assistant", "content": "..."}``.
+Message = Mapping[str, str]
+
+#: What training consumes: the batch ``(x, y)`` for a given step, both ``(B, T)`` long tensors.
+BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The chat template
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """How a conversation is written as one token sequence.
+
+    Each message is its role marker, its content, and the end marker::
+
+        <|user|>{prompt}<|end|><|assistant|>{response}<|end|>
+
+    Several turns simply follow each other. To ask the model for an answer, give it the
+    conversation up to and including ``<|assistant|>`` (:meth:`render_prompt`) and let it
+    generate until it produces ``<|end|>``. The markers must be special tokens of the
+    tokenizer (one id each), e.g. ``CharTokenizer.from_text(text, special_tokens=CHAT_SPECIAL_TOKENS)``.
+    """
+
+    user: str = CHAT_SPECIAL_TOKENS[0]
+    assistant: str = CHAT_SPECIAL_TOKENS[1]
+    end: str = CHAT_SPECIAL_TOKENS[2]
+
+    def role_marker(self, role: str) -> str:
+        """The marker that opens a message of ``role``."""
+        markers = {"user": self.user, "assistant": self.assistant}
+        if role not in markers:
+            raise ValueError(f"Unknown role {role!r}: a message's role must be 'user' or 'assistant'.")
+        return markers[role]
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """A whole conversation as text."""
+        return "".join(self.role_marker(m["role"]) + m["content"] + self.end for m in _check_messages(messages))
+
+    def render_pair(self, prompt: str, response: str) -> str:
+        """One exchange: ``<|user|>{prompt}<|end|><|assistant|>{response}<|end|>``."""
+        return self.render(as_messages(prompt, response))
+
+    def render_prompt(self, prompt: str | Sequence[Message]) -> str:
+        """The text to generate from: the conversation so far, then ``<|assistant|>``."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return self.render(messages) + self.assistant
+
+
+DEFAULT_TEMPLATE = ChatTemplate()
+
+
+def as_messages(prompt: str, response: str) -> list[dict[str, str]]:
+    """A (prompt, response) pair as a two-message conversation."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def _check_messages(messages: Sequence[Message]) -> Sequence[Message]:
+    if isinstance(messages, (str, Mapping)):
+        raise ValueError('messages must be a list of {"role": ..., "content": ...} dictionaries.')
+    for message in messages:
+        if not isinstance(message, Mapping) or not {"role", "content"} <= set(message):
+            raise ValueError(f'Each message needs a "role" and a "content", got {message!r}.')
+        if not isinstance(message["content"], str):
+            raise ValueError(f"A message's content must be text, got {message['content']!r}.")
+    return messages
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding with loss masking
+# ---------------------------------------------------------------------------------------------
+
+
+def special_token_id(tokenizer: Tokenizer, token: str) -> int:
+    """The id of a special token, or an error that says how to build a tokenizer that has it."""
+    special = tokenizer.special_tokens
+    if token not in special:
+        raise ValueError(
+            f"The tokenizer has no special token {token!r} (it has {sorted(special) or 'none'}). Chat "
+            "fine-tuning needs the chat markers as single tokens: build the tokenizer with "
+            "special_tokens=CHAT_SPECIAL_TOKENS, e.g. "
+            "CharTokenizer.from_text(text, special_tokens=CHAT_SPECIAL_TOKENS), "
+            "before pretraining, so the model's vocabulary has room for them."
+        )
+    return special[token]
+
+
+def encode_conversation(
+    tokenizer: Tokenizer,
+    messages: Sequence[Message],
+    template: ChatTemplate = DEFAULT_TEMPLATE,
+    *,
+    mask_prompt: bool = True,
+) -> tuple[list[int], list[int]]:
+    """Input ids and next-token targets of a conversation, trained on the assistant's turns only.
+
+    The two lists have the same length ``n``. ``targets[i]`` is what the model should predict
+    after reading ``input_ids[: i + 1]``, i.e. ``input_ids[i + 1]``, but it is ``IGNORE_INDEX``
+    whenever that next token is not the assistant's to say: the user's words and every role
+    marker are given, never predicted. What *is* trained: each token of an assistant message
+    and the ``<|end|>`` that closes it (so the model learns to stop). The last position has no
+    next token, so its target is always ``IGNORE_INDEX``. For ``<|user|>ab<|end|><|assistant|>xy<|end|>``::
+
+        input_ids  <|user|>  a     b     <|end|>  <|assistant|>  x   y   <|end|>
+        targets    -100      -100  -100  -100     x              y   <|end|>  -100
+
+    Message contents are encoded with ``allowed_special=None``: a special-token string typed
+    inside a message stays ordinary text and cannot forge a turn. ``mask_prompt=False`` trains
+    on every next token instead, prompts and markers included (the comparison of chapter 7).
+    """
+    input_ids: list[int] = []
+    is_answer: list[bool] = []  # is_answer[j]: token j is one the assistant must learn to produce
+    for message in _check_messages(messages):
+        assistant = message["role"] == "assistant"
+        content = tokenizer.encode(message["content"], allowed_special=None)
+        input_ids += [special_token_id(tokenizer, template.role_marker(message["role"]))]
+        input_ids += content + [special_token_id(tokenizer, template.end)]
+        is_answer += [False] + [assistant] * (len(content) + 1)
+    if not any(is_answer):
+        raise ValueError("The conversation has no assistant message, so there is nothing to train on.")
+    targets = [nxt if answer or not mask_prompt else IGNORE_INDEX for nxt, answer in zip(input_ids[1:], is_answer[1:])]
+    return input_ids, targets + [IGNORE_INDEX]
+
+
+def encode_example(
+    tokenizer: Tokenizer,
+    prompt: str,
+    response: str,
+    template: ChatTemplate = DEFAULT_TEMPLATE,
+    *,
+    mask_prompt: bool = True,
+) -> tuple[list[int], list[int]]:
+    """:func:`encode_conversation` of one exchange: loss on the response and its ``<|end|>`` only."""
+    return encode_conversation(tokenizer, as_messages(prompt, response), template, mask_prompt=mask_prompt)
+
+
+def encode_prompt(
+    tokenizer: Tokenizer, prompt: str | Sequence[Message], template: ChatTemplate = DEFAULT_TEMPLATE
+) -> list[int]:
+    """The ids to generate an answer from: the conversation so far, then ``<|assistant|>``."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    ids: list[int] = []
+    for message in _check_messages(messages):
+        ids.append(special_token_id(tokenizer, template.role_marker(message["role"])))
+        ids += tokenizer.encode(message["content"], allowed_special=None)
+        ids.append(special_token_id(tokenizer, template.end))
+    return ids + [special_token_id(tokenizer, template.assistant)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkable instruction dataset
+# ---------------------------------------------------------------------------------------------
+
+#: Words the tasks are built from: Shakespeare's vocabulary, lower-case letters only, so every
+#: prompt and answer can be spelled by a character tokenizer trained on TinyShakespeare.
+WORDS: tuple[str, ...] = (
+    "ay", "be", "go", "my", "no", "so", "to", "we", "art", "day", "die", "fie", "joy", "kin",
+    "lie", "sir", "sun", "thy", "war", "wit", "eyes", "fair", "fool", "good", "hath", "hope",
+    "king", "lady", "lord", "love", "mine", "moon", "rose", "soul", "star", "thee", "thou",
+    "time", "wife", "blood", "crown", "death", "dream", "ghost", "grace", "grief", "heart",
+    "mercy", "night", "noble", "peace", "queen", "sleep", "speak", "storm", "sweet", "sword",
+    "tears", "father", "friend", "gentle", "heaven", "honour", "mother", "prince", "tongue",
+    "brother", "villain",
+)
+
+#: Numbers as words: TinyShakespeare has no digits (except one '3'), so answers are spelled out.
+NUMBER_WORDS: tuple[str, ...] = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty",
+)
+
+#: One prompt in HELDOUT_MODULUS goes to the held-out split (decided by a hash of the prompt).
+HELDOUT_MODULUS = 5
+
+SPLITS = ("train", "heldout")
+
+
+def _phrase(rng: random.Random, n_min: int, n_max: int) -> list[str]:
+    return [rng.choice(WORDS) for _ in range(rng.randint(n_min, n_max))]
+
+
+def _word(rng: random.Random, lengths: range | None = None) -> str:
+    return rng.choice(WORDS if lengths is None else [w for w in WORDS if len(w) in lengths])
+
+
+def _task_repeat(rng: random.Random) -> tuple[str, str]:
+    phrase = " ".join(_phrase(rng, 1, 3))
+    return f"Repeat: {phrase}", phrase
+
+
+def _task_twice(rng: random.Random) -> tuple[str, str]:
+    word = _word(rng)
+    return f"Repeat twice: {word}", f"{word} {word}"
+
+
+def _task_uppercase(rng: random.Random) -> tuple[str, str]:
+    phrase = " ".join(_phrase(rng, 1, 3))
+    return f"Uppercase: {phrase}", phrase.upper()
+
+
+def _task_reverse(rng: random.Random) -> tuple[str, str]:
+    word = _word(rng, lengths=range(3, 7))
+    return f"Reverse: {word}", word[::-1]
+
+
+def _task_first_word(rng: random.Random) -> tuple[str, str]:
+    words = _phrase(rng, 3, 5)
+    return f"First word of: {' '.join(words)}", words[0]
+
+
+def _task_last_word(rng: random.Random) -> tuple[str, str]:
+    words = _phrase(rng, 3, 5)
+    return f"Last word of: {' '.join(words)}", words[-1]
+
+
+def _task_count(rng: random.Random) -> tuple[str, str]:
+    word = _word(rng)
+    return f"Count the letters in: {word}", NUMBER_WORDS[len(word)]
+
+
+def _task_add(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(1, 10), rng.randint(1, 10)
+    return f"Add: {NUMBER_WORDS[a]} and {NUMBER_WORDS[b]}", NUMBER_WORDS[a + b]
+
+
+#: Task name -> a function drawing one (prompt, response) from a random generator.
+TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "repeat": _task_repeat,
+    "twice": _task_twice,
+    "uppercase": _task_uppercase,
+    "reverse": _task_reverse,
+    "first_word": _task_first_word,
+    "last_word": _task_last_word,
+    "count": _task_count,
+    "add": _task_add,
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction and its one correct answer; ``task`` names the generator ("custom" for your own)."""
+
+    prompt: str
+    response: str
+    task: str = "custom"
+
+    def is_correct(self, generated_text: str) -> bool:
+        """Whether ``generated_text`` answers this example (see :func:`score_response`)."""
+        return score_response(self, generated_text)
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def split_of(prompt: str) -> str:
+    """"train" or "heldout": a fixed hash of the prompt decides, whatever the seed.
+
+    So a held-out prompt can never appear in any training set, however many examples are
+    drawn, and regenerating with another seed keeps the two splits apart.
+    """
+    return "heldout" if zlib.crc32(prompt.encode("utf-8")) % HELDOUT_MODULUS == 0 else "train"
+
+
+def make_instruction_dataset(
+    n: int, seed: int, tasks: Sequence[str] | None = None, split: str = "train"
+) -> list[Example]:
+    """``n`` examples cycling through ``tasks`` (all of :data:`TASKS` by default), from ``split``.
+
+    Deterministic for a given ``seed``. Tasks take turns, so each gets ``n / len(tasks)``
+    examples. Prompts are drawn independently: a prompt can repeat within a split (some tasks
+    have only a few dozen distinct prompts), but never across splits (see :func:`split_of`).
+    """
+    tasks = list(TASKS) if tasks is None else list(tasks)
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"Unknown or no tasks {unknown}; choose among {list(TASKS)}.")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    if n < 0:
+        raise ValueError(f"n must be ≥ 0, got {n}.")
+    rng = random.Random(seed)
+    return [_draw(tasks[i % len(tasks)], rng, split) for i in range(n)]
+
+
+def _draw(task: str, rng: random.Random, split: str, max_tries: int = 10_000) -> Example:
+    """Draw examples of ``task`` until one falls in ``split``."""
+    for _ in range(max_tries):
+        prompt, response = TASKS[task](rng)
+        if split_of(prompt) == split:
+            return Example(prompt=prompt, response=response, task=task)
+    raise RuntimeError(f"Task {task!r} produced no {split} prompt in {max_tries} tries.")
+
+
+def score_response(example: Example, generated_text: str) -> bool:
+    """Exact match with the expected answer, after cutting at ``<|end|>`` and stripping spaces.
+
+    The text after the first ``<|end|>`` (if the model went on) does not count, and neither do
+    leading or trailing whitespace; everything else must match, letter case included.
+    """
+    answer = generated_text.split(DEFAULT_TEMPLATE.end, 1)[0].strip()
+    return answer == example.response.strip()
+
+
+def save_instruction_file(examples: Iterable[Example], path: str | os.PathLike) -> Path:
+    """Write examples as JSON Lines: one ``{"prompt", "response", "task"}`` object per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as file:
+        for example in examples:
+            file.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
+    return path
+
+
+def load_instruction_file(path: str | os.PathLike) -> list[Example]:
+    """Read a JSON Lines file of ``{"prompt": ..., "response": ...}`` (``"task"`` optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No instruction file at {path}.")
+    examples = []
+    with open(path, encoding="utf-8") as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                prompt, response = str(record["prompt"]), str(record["response"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f'{path}, line {line_number}: expected a JSON object with "prompt" and "response" ({err!r}).'
+                ) from err
+            examples.append(Example(prompt, response, str(record.get("task", "custom"))))
+    return examples
+
+
+#: The files in ``data/sft/``: name -> (number of examples, seed, split).
+INSTRUCTION_FILES: dict[str, tuple[int, int, str]] = {
+    "instructions_train.jsonl": (800, 0, "train"),
+    "instructions_heldout.jsonl": (160, 1, "heldout"),
+}
+
+
+def write_instruction_datasets(directory: str | os.PathLike) -> list[Path]:
+    """(Re)generate the instruction files of ``data/sft/`` (deterministic: same bytes every time)."""
+    return [
+        save_instruction_file(make_instruction_dataset(n, seed, split=split), Path(directory) / name)
+        for name, (n, seed, split) in INSTRUCTION_FILES.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
+
+class SFTBatches:
+    """Padded ``(x, y)`` batches of encoded examples: call it with a step number.
+
+    Each example becomes one row: ``x`` its input ids, ``y`` its masked targets (see
+    :func:`encode_conversation`), without the last position, whose target is always ignored.
+    Rows are padded on the right to the longest row of the batch: ``x`` with the ``<|end|>``
+    id, ``y`` with ``IGNORE_INDEX``. Right padding is invisible to the real tokens, because
+    causal attention only looks left, and ignored targets add nothing to the loss.
+
+    Examples that do not fit in ``block_size`` are dropped (``n_dropped`` counts them) rather
+    than cut: a cut example would lose the end of its answer, or the start of its question.
+    ``mask_prompt=False`` trains on the prompts too (see :func:`encode_conversation`).
+    Every kept row has at least one trained target (the closing ``<|end|>``), so no row, and
+    hence no batch, is all ``IGNORE_INDEX``: cross-entropy over such a batch would be 0 / 0 = NaN.
+
+    The batch of step ``s`` depends only on ``seed`` and ``s``: examples are visited in a new
+    shuffled order every epoch, so each is seen once per epoch, and resuming at step ``s``
+    gives the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        tokenizer: Tokenizer,
+        batch_size: int,
+        block_size: int,
+        *,
+        seed: int = 0,
+        template: ChatTemplate = DEFAULT_TEMPLATE,
+        mask_prompt: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if batch_size < 1 or block_size < 1:
+            raise ValueError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}.")
+        self.batch_size = batch_size
+        self.block_size = block_size
+        self.seed = seed
+        self.device = torch.device(device)
+        self.pad_id = special_token_id(tokenizer, template.end)
+        self.rows: list[tuple[list[int], list[int]]] = []
+        self.n_dropped = 0
+        longest = 0
+        for example in examples:
+            input_ids, targets = encode_example(
+                tokenizer, example.prompt, example.response, template, mask_prompt=mask_prompt
+            )
+            longest = max(longest, len(input_ids) - 1)
+            if len(input_ids) - 1 <= block_size:
+                self.rows.append((input_ids[:-1], targets[:-1]))
+            else:
+                self.n_dropped += 1
+        if not self.rows:
+            raise ValueError(
+                f"No example fits in block_size={block_size} (of {self.n_dropped}; the longest needs "
+                f"{longest} positions): use a model with a longer context, or shorter examples."
+            )
+        self._epoch, self._order = -1, list(range(len(self.rows)))  # the shuffled order of one epoch
+
+    def __len__(self) -> int:
+        """Number of usable examples (one epoch)."""
+        return len(self.rows)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first = step * self.batch_size  # position of this batch's first row in the endless stream
+        rows = [self.rows[self._row_at(position)] for position in range(first, first + self.batch_size)]
+        return self.collate(rows)
+
+    def collate(self, rows: Sequence[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad rows to the longest one: ``x`` with the end-token id, ``y`` with ``IGNORE_INDEX``."""
+        length = max(len(ids) for ids, _ in rows)
+        x = torch.full((len(rows), length), self.pad_id, dtype=torch.long)  # (B, T)
+        y = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        for row, (ids, targets) in enumerate(rows):
+            x[row, : len(ids)] = torch.tensor(ids)
+            y[row, : len(targets)] = torch.tensor(targets)
+        return x.to(self.device), y.to(self.device)
+
+    def _row_at(self, position: int) -> int:
+        """The row at ``position`` of the endless stream: epoch after epoch, each freshly shuffled."""
+        epoch, offset = divmod(position, len(self.rows))
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(_step_seed(self.seed, epoch))
+            self._epoch, self._order = epoch, torch.randperm(len(self.rows), generator=generator).tolist()
+        return self._order[offset]
+
+    def __repr__(self) -> str:
+        return (
+            f"SFTBatches({len(self)} examples, {self.n_dropped} dropped as longer than block_size="
+            f"{self.block_size}, batch_size={self.batch_size})"
+        )
+
+
+def make_sft_batches(
+    examples: Sequence[Example],
+    tokenizer: Tokenizer,
+    batch_size: int,
+    block_size: int,
+    *,
+    seed: int = 0,
+    template: ChatTemplate = DEFAULT_TEMPLATE,
+    mask_prompt: bool = True,
+    device: str | torch.device = "cpu",
+) -> SFTBatches:
+    """A batch function ``batches(step) -> (x, y)`` over instruction examples; see :class:`SFTBatches`."""
+    return SFTBatches(
+        examples, tokenizer, batch_size, block_size,
+        seed=seed, template=template, mask_prompt=mask_prompt, device=device,
+    )
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """A reproducible generator seed for each (seed, step), spread over 32 bits.
+
+    A hash rather than arithmetic such as ``(seed << 32) + step``: torch's CPU generator keeps
+    only the low 32 bits of its seed, so those two would give every seed the same batches.
+    """
+    return zlib.crc32(f"{seed}:{step}".encode("utf-8"))
+
+
+def pretraining_batches(
+    data: torch.Tensor, batch_size: int, block_size: int, *, seed: int = 0, device: str | torch.device = "cpu"
+) -> BatchFn:
+    """A batch function of random windows of pretraining tokens (as in pretraining), seeded by step."""
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(_step_seed(seed, step))
+        return get_batch(data, batch_size, block_size, device=device, generator=generator)
+
+    return batch
+
+
+def pretraining_steps_before(step: int, mix_ratio: float) -> int:
+    """How many of the steps ``0 .. step - 1`` use pretraining text: ``floor(step · mix_ratio)``."""
+    return math.floor(step * mix_ratio)
+
+
+def mix_pretraining(sft_batches: BatchFn, pretrain_batches: BatchFn, mix_ratio: float) -> BatchFn:
+    """A batch function where a fraction ``mix_ratio`` of the steps trains on pretraining text.
+
+    Fine-tuning on a narrow dataset moves the weights away from what pretraining taught (the
+    validation loss on the pretraining text goes up: *forgetting*). Replaying some pretraining
+    text keeps that knowledge in use. Step ``s`` is a pretraining step when
+    ``floor((s + 1) · r) > floor(s · r)``: exactly ``r`` of the steps over any long run,
+    spread evenly (``r = 0.25``: every fourth step), with no randomness. Each source is asked
+    for its own consecutive steps, so neither skips data the other consumed.
+    """
+    if not 0.0 <= mix_ratio < 1.0:
+        raise ValueError(f"mix_ratio must be in [0, 1) (the share of pretraining batches), got {mix_ratio}.")
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        done = pretraining_steps_before(step, mix_ratio)
+        if pretraining_steps_before(step + 1, mix_ratio) > done:
+            return pretrain_batches(done)
+        return sft_batches(step - done)
+
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """One scored answer."""
+
+    example: Example
+    generated: str
+    correct: bool
+
+
+@dataclass
+class EvalReport:
+    """Scored answers to instructions: accuracy per task and overall."""
+
+    results: list[EvalResult] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(r.correct for r in self.results) / len(self.results) if self.results else 0.0
+
+    def task_accuracy(self) -> dict[str, float]:
+        """Task name -> share of correct answers, in the order the tasks first appear."""
+        return {task: correct / total for task, (correct, total) in self._counts().items()}
+
+    def to_rows(self) -> list[dict[str, object]]:
+        """One row per task, then an "all" row: task, correct, total, accuracy (for a table)."""
+        rows: list[dict[str, object]] = [
+            {"task": task, "correct": correct, "total": total, "accuracy": correct / total}
+            for task, (correct, total) in self._counts().items()
+        ]
+        n_correct = sum(r.correct for r in self.results)
+        rows.append({"task": "all", "correct": n_correct, "total": len(self.results), "accuracy": self.accuracy})
+        return rows
+
+    def _counts(self) -> dict[str, tuple[int, int]]:
+        """Task name -> (correct, total)."""
+        counts: dict[str, tuple[int, int]] = {}
+        for result in self.results:
+            correct, total = counts.get(result.example.task, (0, 0))
+            counts[result.example.task] = (correct + result.correct, total + 1)
+        return counts
+
+    def __str__(self) -> str:
+        lines = [f"{'task':<12} {'correct':>7} {'total':>5} {'accuracy':>8}"]
+        for row in self.to_rows():
+            lines.append(f"{row['task']:<12} {row['correct']:>7} {row['total']:>5} {row['accuracy']:>8.0%}")
+        return "\n".join(lines)
+
+
+def answer(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str | Sequence[Message],
+    max_new_tokens: int,
+    *,
+    template: ChatTemplate = DEFAULT_TEMPLATE,
+    **sampling: object,
+) -> str:
+    """The model's answer to ``prompt`` (text or a conversation), generated until ``<|end|>``.
+
+    ``sampling`` takes :func:`lal.sample.generate`'s options (default: greedy).
+    """
+    sampling.setdefault("temperature", 0.0)
+    end_id = special_token_id(tokenizer, template.end)
+    prompt_ids = encode_prompt(tokenizer, prompt, template)
+    new_ids = generate(model, prompt_ids, max_new_tokens, stop_tokens=(end_id,), **sampling)
+    return tokenizer.decode(new_ids)
+
+
+def evaluate_instructions(
+    model: GPT,
+    tokenizer: Tokenizer,
+    examples: Sequence[Example],
+    max_new_tokens: int | None = None,
+    *,
+    template: ChatTemplate = DEFAULT_TEMPLATE,
+) -> EvalReport:
+    """Answer every example greedily (stopping at ``<|end|>``) and score it with :func:`score_response`.
+
+    ``max_new_tokens`` defaults to the longest expected answer plus 4 tokens: a model that has
+    not learned to stop is cut off there (and scored wrong) instead of rambling on.
+    """
+    if max_new_tokens is None:
+        longest = max((len(tokenizer.encode(e.response, allowed_special=None)) for e in examples), default=0)
+        max_new_tokens = longest + 4
+    report = EvalReport()
+    for example in examples:
+        generated = answer(model, tokenizer, example.prompt, max_new_tokens, template=template)
+        report.results.append(EvalResult(example, generated, score_response(example, generated)))
+    return report
+
+
+def chat_reply(
+    model: GPT,
+    tokenizer: Tokenizer,
+    message: str | Sequence[Message],
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stream_to: Callable[[str], object] | None = None,
+    template: ChatTemplate = DEFAULT_TEMPLATE,
+) -> str:
+    """The model's reply to a user message (or a whole conversation), streamed to ``stream_to``."""
+    tokens = stream(
+        model,
+        encode_prompt(tokenizer, message, template),
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_tokens=(special_token_id(tokenizer, template.end),),
+    )
+    return decode_stream(tokenizer, tokens, stream_to)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+# ---------------------------------------------------------------------------------------------
+
+
+def default_finetune_config(**overrides: object) -> TrainConfig:
+    """Training settings for fine-tuning a pretrained char-tiny-sized model (``overrides`` replace any).
+
+    Compared with pretraining: fewer steps, a lower peak learning rate (the weights are already
+    good; big steps would wash out what pretraining taught), a short warmup, and no weight
+    decay (it would pull the weights towards zero, not towards their pretrained values).
+    """
+    settings: dict[str, object] = dict(
+        max_steps=600, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=0.0, eval_interval=100, eval_windows=32
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def finetune(
+    model: GPT,
+    batches: BatchFn,
+    cfg: TrainConfig,
+    *,
+    val_data: torch.Tensor | None = None,
+    callbacks: Iterable[Callable[[EvalEvent], object]] = (),
+) -> History:
+    """Train ``model`` on the batches of a batch function ``batches(step) -> (x, y)``.
+
+    The recipe is pretraining's (:mod:`lal.train`): AdamW with decay / no-decay groups
+    (``make_optimizer``), warmup + cosine (``lr_at``), gradient clipping, gradient accumulation
+    (micro-batch ``i`` of step ``s`` is ``batches(s · grad_accum_steps + i)``) and mixed
+    precision where the device has it. What differs is where batches come from: padded,
+    masked SFT batches (:func:`make_sft_batches`), possibly mixed with pretraining windows
+    (:func:`mix_pretraining`). ``cfg.batch_size`` and ``cfg.block_size`` are not used: the
+    batch function decides both.
+
+    Every ``cfg.eval_interval`` steps (and at the start and the end) the loss on ``val_data``
+    (pretraining validation tokens, scored on fixed windows) is recorded as ``val_loss``: how
+    much of its pretraining the model is forgetting. Without ``val_data`` it is NaN. Callbacks
+    receive :class:`lal.train.EvalEvent` (so ``LiveLossPlot`` works). Nothing is written to disk;
+    save the result with ``lal.checkpoint.save_checkpoint``.
+    """
+    if cfg.out_dir is not None:
+        raise ValueError("finetune() writes no files; set out_dir=None and save with lal.checkpoint.save_checkpoint.")
+    device = pick_device(cfg.device)
+    model.to(device)
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device))
+    eval_starts = None
+    if val_data is not None:
+        eval_starts = eval_windows(val_data, cfg.eval_windows, model.config.block_size, seed=EVAL_SEED)
+    history = History()
+    step_losses: list[torch.Tensor] = []  # device scalars since the last evaluation, read once there
+    tokens, start_time = 0, time.perf_counter()
+    for step in tqdm(range(cfg.max_steps + 1), disable=not cfg.progress, unit="step", desc="fine-tuning"):
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            train_loss = _mean_finite_loss(step_losses, step, history)
+            step_losses = []
+            val_loss = math.nan
+            if eval_starts is not None:
+                val_loss = estimate_loss(model, val_data, eval_starts, model.config.block_size,
+                                         2 * cfg.batch_size, device)
+            row = dict(step=step, train_loss=train_loss, val_loss=val_loss, lr=lr_at(max(step - 1, 0), cfg),
+                       tokens=tokens, elapsed_s=round(time.perf_counter() - start_time, 3), grad_norm=None)
+            improved = val_loss < history.best_val_loss
+            history.append(row)
+            event = EvalEvent(improved=improved, history=history, **{k: row[k] for k in EVAL_EVENT_FIELDS})
+            for callback in callbacks:
+                callback(event)
+            if event.stop:
+                history.stopped_reason = "callback"
+                return history
+        if step == cfg.max_steps:
+            break
+        loss, n_tokens = _finetune_step(model, batches, step, cfg, optimizer, scaler, device)
+        step_losses.append(loss)
+        tokens += n_tokens
+        if device.type == "cpu":  # reading a CPU scalar is free: catch a NaN at the very step
+            _mean_finite_loss([loss], step + 1, history)
+    history.stopped_reason = "max_steps"
+    return history
+
+
+EVAL_EVENT_FIELDS = ("step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s")
+
+
+def _finetune_step(
+    model: GPT,
+    batches: BatchFn,
+    step: int,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> tuple[torch.Tensor, int]:
+    """One optimiser step over ``cfg.grad_accum_steps`` micro-batches; returns (loss, tokens read)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    step_loss, n_tokens = torch.zeros((), device=device), 0
+    for micro in range(cfg.grad_accum_steps):
+        x, y = batches(step * cfg.grad_accum_steps + micro)  # (B, T) each
+        x, y = x.to(device), y.to(device)
+        with autocast(device):
+            _, loss = model(x, y)
+        loss = loss / cfg.grad_accum_steps  # the summed gradients are then those of the mean
+        scaler.scale(loss).backward()
+        step_loss += loss.detach().float()
+        n_tokens += x.numel()
+    if cfg.grad_clip is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, n_tokens
+
+
+def _mean_finite_loss(losses: list[torch.Tensor], step: int, history: History) -> float | None:
+    """The mean of per-step losses (one host sync), or :class:`TrainingDivergedError` if one is not finite."""
+    if not losses:
+        return None
+    values = torch.stack(losses).float().cpu()  # (steps,)
+    if not bool(torch.isfinite(values).all()):
+        history.stopped_reason = "diverged"
+        raise TrainingDivergedError(
+            f"The fine-tuning loss became NaN or infinite (by step {step}). Lower the learning rate and "
+            "fine-tune again from the pretrained checkpoint.",
+            step=step, history=history, last_good_checkpoint=None,
+        )
+    return float(values.mean())
+
+
+@dataclass
+class FinetuneReport:
+    """What :func:`finetune_from_checkpoint` did: the history, held-out scores and the saved file."""
+
+    path: Path
+    history: History
+    n_examples: int
+    n_dropped: int
+    before: EvalReport | None  # held-out scores of the pretrained model (None with your own data)
+    after: EvalReport | None
+
+    def __str__(self) -> str:
+        first, last = self.history.val_loss[0], self.history.val_loss[-1]
+        lines = [
+            f"Fine-tuned for {self.history.step[-1]} steps on {self.n_examples} examples "
+            f"({self.n_dropped} too long for the context were left out).",
+            f"Pretraining validation loss: {first:.3f} before, {last:.3f} after (the rise is forgetting).",
+        ]
+        if self.before is not None and self.after is not None:
+            lines.append(f"Held-out accuracy: {self.before.accuracy:.0%} before, {self.after.accuracy:.0%} after.")
+            lines.append(str(self.after))
+        lines.append(f"Saved to {self.path}; try it with: lal chat --ckpt {self.path}")
+        return "\n".join(lines)
+
+
+def finetune_from_checkpoint(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    data_path: str | os.PathLike | None = None,
+    steps: int = 600,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    mix_ratio: float = 0.2,
+    device: str | None = None,
+    seed: int = 1337,
+    progress: bool = True,
+    dataset: str | None = None,
+    text_path: str | os.PathLike | None = None,
+) -> FinetuneReport:
+    """Fine-tune a pretrained checkpoint on instructions and save it as ``out/last.pt`` (``lal sft``).
+
+    The instructions are ``data_path`` (JSON Lines, see :func:`load_instruction_file`) or, by
+    default, the course's generated training set, scored before and after on its held-out
+    set. A share ``mix_ratio`` of the steps replays the pretraining text (``dataset`` or
+    ``text_path``, default TinyShakespeare, tokenized with the checkpoint's tokenizer), whose
+    validation loss is reported to measure forgetting.
+    """
+    from lal.checkpoint import load_checkpoint, save_checkpoint
+    from lal.data import prepare_text_data
+
+    out = Path(out)
+    if (out / "best.pt").exists():
+        raise ValueError(f"{out} already holds a best.pt (a pretraining run?); fine-tune into a new folder.")
+    checkpoint = load_checkpoint(ckpt, device=pick_device(device))
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    if data_path is not None:
+        examples, heldout = load_instruction_file(data_path), []
+    else:
+        (n_train, train_seed, _), (n_heldout, heldout_seed, _) = INSTRUCTION_FILES.values()
+        examples = make_instruction_dataset(n_train, train_seed, split="train")
+        heldout = make_instruction_dataset(n_heldout, heldout_seed, split="heldout")
+    text = prepare_text_data(dataset=dataset, text_path=text_path, tokenizer=tokenizer)
+    block_size = model.config.block_size
+    sft_batches = make_sft_batches(examples, tokenizer, batch_size, block_size, seed=seed)
+    batches: BatchFn = sft_batches
+    if mix_ratio > 0:
+        pretraining = pretraining_batches(text.train, batch_size, block_size, seed=seed)
+        batches = mix_pretraining(sft_batches, pretraining, mix_ratio)
+    before = evaluate_instructions(model, tokenizer, heldout) if heldout else None
+    cfg = default_finetune_config(max_steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, device=device,
+                                  seed=seed, progress=progress, eval_interval=max(1, steps // 6))
+    torch.manual_seed(seed)  # dropout, if the model has any
+    history = finetune(model, batches, cfg, val_data=text.val)
+    after = evaluate_instructions(model, tokenizer, heldout) if heldout else None
+    extra = {
+        "finetuned_from": str(checkpoint.path),
+        "finetune_config": cfg.to_dict(),
+        "mix_ratio": mix_ratio,
+        "val_loss": history.val_loss[-1],
+        "heldout_accuracy": None if after is None else after.accuracy,
+    }
+    path = save_checkpoint(out / "last.pt", model, tokenizer, extra=extra)
+    return FinetuneReport(Path(path), history, len(sft_batches), sft_batches.n_dropped, before, after)
