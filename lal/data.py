@@ -25,13 +25,16 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TextIO, TypeVar, Union
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO, TypeVar, Union
 
 import numpy as np
 import requests
 import torch
 
 from lal import REPOSITORY_URL, __version__
+
+if TYPE_CHECKING:  # only for type hints: lal.tokenizers is imported where it is used
+    from lal.tokenizers import Tokenizer
 
 #: Sent with every request, so a server's owner can see who is asking and where to read about it.
 USER_AGENT = f"lal/{__version__} (+{REPOSITORY_URL})"

@@ -26,30 +26,19 @@ import json
 import math
 import os
 import random
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from lal.data import eval_windows, get_batch
-from lal.device import autocast, needs_grad_scaler, pick_device
+from lal.data import get_batch
+from lal.device import pick_device
 from lal.model import GPT, IGNORE_INDEX
 from lal.sample import decode_stream, generate, stream
 from lal.tokenizers import CHAT_SPECIAL_TOKENS, Tokenizer
-from lal.train import (
-    EVAL_SEED,
-    EvalEvent,
-    History,
-    TrainConfig,
-    TrainingDivergedError,
-    estimate_loss,
-    lr_at,
-    make_optimizer,
-)
+from lal.train import EvalEvent, History, TrainConfig, train
 
 #: A message of a conversation: ``{"role": "user" | "assistant", "content": "..."}``.
 Message = Mapping[str, str]
@@ -711,116 +700,24 @@ def default_finetune_config(**overrides: object) -> TrainConfig:
 def finetune(
     model: GPT,
     batches: BatchFn,
+    val_data: torch.Tensor,
     cfg: TrainConfig,
     *,
-    val_data: torch.Tensor | None = None,
     callbacks: Iterable[Callable[[EvalEvent], object]] = (),
 ) -> History:
-    """Train ``model`` on the batches of a batch function ``batches(step) -> (x, y)``.
+    """Fine-tune ``model`` on the batches of a batch function ``batches(step) -> (x, y)``.
 
-    The recipe is pretraining's (:mod:`lal.train`): AdamW with decay / no-decay groups
-    (``make_optimizer``), warmup + cosine (``lr_at``), gradient clipping, gradient accumulation
-    (micro-batch ``i`` of step ``s`` is ``batches(s · grad_accum_steps + i)``) and mixed
-    precision where the device has it. What differs is where batches come from: padded,
-    masked SFT batches (:func:`make_sft_batches`), possibly mixed with pretraining windows
-    (:func:`mix_pretraining`). ``cfg.batch_size`` and ``cfg.block_size`` are not used: the
-    batch function decides both.
+    The loop is pretraining's, :func:`lal.train.train`: AdamW with decay / no-decay groups,
+    warmup + cosine, gradient clipping and accumulation, mixed precision where the device has
+    it, NaN detection. Only the batches differ: padded, masked SFT batches
+    (:func:`make_sft_batches`), possibly mixed with pretraining windows (:func:`mix_pretraining`).
+    ``cfg.batch_size`` and ``cfg.block_size`` are not used for training: the batch function
+    decides both.
 
-    Every ``cfg.eval_interval`` steps (and at the start and the end) the loss on ``val_data``
-    (pretraining validation tokens, scored on fixed windows) is recorded as ``val_loss``: how
-    much of its pretraining the model is forgetting. Without ``val_data`` it is NaN. Callbacks
-    receive :class:`lal.train.EvalEvent` (so ``LiveLossPlot`` works). Nothing is written to disk;
-    save the result with ``lal.checkpoint.save_checkpoint``.
+    ``val_data`` holds pretraining validation tokens: the validation loss recorded every
+    ``cfg.eval_interval`` steps measures how much of its pretraining the model forgets.
     """
-    if cfg.out_dir is not None:
-        raise ValueError("finetune() writes no files; set out_dir=None and save with lal.checkpoint.save_checkpoint.")
-    device = pick_device(cfg.device)
-    model.to(device)
-    model.train()
-    optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device))
-    eval_starts = None
-    if val_data is not None:
-        eval_starts = eval_windows(val_data, cfg.eval_windows, model.config.block_size, seed=EVAL_SEED)
-    history = History()
-    step_losses: list[torch.Tensor] = []  # device scalars since the last evaluation, read once there
-    tokens, start_time = 0, time.perf_counter()
-    for step in tqdm(range(cfg.max_steps + 1), disable=not cfg.progress, unit="step", desc="fine-tuning"):
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            train_loss = _mean_finite_loss(step_losses, step, history)
-            step_losses = []
-            val_loss = math.nan
-            if eval_starts is not None:
-                val_loss = estimate_loss(model, val_data, eval_starts, model.config.block_size,
-                                         2 * cfg.batch_size, device)
-            row = dict(step=step, train_loss=train_loss, val_loss=val_loss, lr=lr_at(max(step - 1, 0), cfg),
-                       tokens=tokens, elapsed_s=round(time.perf_counter() - start_time, 3), grad_norm=None)
-            improved = val_loss < history.best_val_loss
-            history.append(row)
-            event = EvalEvent(improved=improved, history=history, **{k: row[k] for k in EVAL_EVENT_FIELDS})
-            for callback in callbacks:
-                callback(event)
-            if event.stop:
-                history.stopped_reason = "callback"
-                return history
-        if step == cfg.max_steps:
-            break
-        loss, n_tokens = _finetune_step(model, batches, step, cfg, optimizer, scaler, device)
-        step_losses.append(loss)
-        tokens += n_tokens
-        if device.type == "cpu":  # reading a CPU scalar is free: catch a NaN at the very step
-            _mean_finite_loss([loss], step + 1, history)
-    history.stopped_reason = "max_steps"
-    return history
-
-
-EVAL_EVENT_FIELDS = ("step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s")
-
-
-def _finetune_step(
-    model: GPT,
-    batches: BatchFn,
-    step: int,
-    cfg: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    device: torch.device,
-) -> tuple[torch.Tensor, int]:
-    """One optimiser step over ``cfg.grad_accum_steps`` micro-batches; returns (loss, tokens read)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, cfg)
-    step_loss, n_tokens = torch.zeros((), device=device), 0
-    for micro in range(cfg.grad_accum_steps):
-        x, y = batches(step * cfg.grad_accum_steps + micro)  # (B, T) each
-        x, y = x.to(device), y.to(device)
-        with autocast(device):
-            _, loss = model(x, y)
-        loss = loss / cfg.grad_accum_steps  # the summed gradients are then those of the mean
-        scaler.scale(loss).backward()
-        step_loss += loss.detach().float()
-        n_tokens += x.numel()
-    if cfg.grad_clip is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return step_loss, n_tokens
-
-
-def _mean_finite_loss(losses: list[torch.Tensor], step: int, history: History) -> float | None:
-    """The mean of per-step losses (one host sync), or :class:`TrainingDivergedError` if one is not finite."""
-    if not losses:
-        return None
-    values = torch.stack(losses).float().cpu()  # (steps,)
-    if not bool(torch.isfinite(values).all()):
-        history.stopped_reason = "diverged"
-        raise TrainingDivergedError(
-            f"The fine-tuning loss became NaN or infinite (by step {step}). Lower the learning rate and "
-            "fine-tune again from the pretrained checkpoint.",
-            step=step, history=history, last_good_checkpoint=None,
-        )
-    return float(values.mean())
+    return train(model, batches, val_data, cfg, callbacks=callbacks)
 
 
 @dataclass
@@ -896,7 +793,7 @@ def finetune_from_checkpoint(
     cfg = default_finetune_config(max_steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, device=device,
                                   seed=seed, progress=progress, eval_interval=max(1, steps // 6))
     torch.manual_seed(seed)  # dropout, if the model has any
-    history = finetune(model, batches, cfg, val_data=text.val)
+    history = finetune(model, batches, text.val, cfg)
     after = evaluate_instructions(model, tokenizer, heldout) if heldout else None
     extra = {
         "finetuned_from": str(checkpoint.path),

@@ -36,7 +36,6 @@ from IPython.display import HTML, clear_output, display
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
 from matplotlib.ticker import FuncFormatter
 
 from lal.sample import next_token_distribution

@@ -356,7 +356,8 @@ def copy_run(one_thread) -> CopyRun:
     cfg = default_finetune_config(
         max_steps=200, lr=1e-2, warmup_steps=10, eval_interval=100, device="cpu", progress=False
     )
-    history = finetune(model, make_sft_batches(train, tokenizer, batch_size=32, block_size=16, seed=0), cfg)
+    val_tokens = torch.tensor(tokenizer.encode("Copy ab" * 20))
+    history = finetune(model, make_sft_batches(train, tokenizer, batch_size=32, block_size=16, seed=0), val_tokens, cfg)
     return CopyRun(model, tokenizer, heldout, history, accuracy_before, prefix_before)
 
 
@@ -389,7 +390,7 @@ def test_finetune_measures_forgetting_and_honours_callbacks(copy_run: CopyRun) -
     batches = make_sft_batches(copy_run.heldout, copy_run.tokenizer, batch_size=4, block_size=16)
     cfg = default_finetune_config(max_steps=10, eval_interval=5, eval_windows=4, device="cpu", progress=False)
     model = copy.deepcopy(copy_run.model)  # the fixture's model stays as it was trained
-    history = finetune(model, batches, cfg, val_data=val_tokens, callbacks=[stop_at_second])
+    history = finetune(model, batches, val_tokens, cfg, callbacks=[stop_at_second])
     assert [e.step for e in events] == [0, 5] and history.stopped_reason == "callback"
     assert all(math.isfinite(v) for v in history.val_loss)
 
@@ -400,7 +401,7 @@ def test_finetune_stops_with_a_clear_error_on_a_nan_loss(copy_run: CopyRun) -> N
 
     cfg = default_finetune_config(max_steps=3, device="cpu", progress=False)
     with pytest.raises(TrainingDivergedError, match="NaN"):
-        finetune(copy.deepcopy(copy_run.model), all_ignored, cfg)
+        finetune(copy.deepcopy(copy_run.model), all_ignored, torch.zeros(40, dtype=torch.long), cfg)
 
 
 def test_finetune_from_checkpoint_saves_a_chat_model_and_reports(

@@ -7,3 +7,4 @@ wrong. One module per chapter.
 from lal.checks.ch04 import check_block_forward, check_count_gpt_parameters, check_gelu, check_layer_norm  # noqa: F401
 from lal.checks.ch01 import check_bigram_counts, check_bigram_probs, check_cross_entropy, check_sample_bigram  # noqa: F401
 from lal.checks.ch03 import check_average_past, check_causal_attention, check_merge_heads, check_split_heads  # noqa: F401
+from lal.checks.ch02 import check_bpe_merge, check_embedding_lookup_as_matmul, check_get_pair_counts, check_train_bpe  # noqa: F401
