@@ -42,12 +42,8 @@ exercises: install
 headers: install
 	$(PYTHON) tools/notebook_cells.py
 
-notebooks: install headers
-	for nb in notebooks/[0-9]*.ipynb solutions/[0-9]*.ipynb; do \
-		$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=$(NOTEBOOK_TIMEOUT) --ExecutePreprocessor.kernel_name=python3 \
-			--ExecutePreprocessor.store_widget_state=False "$$nb" || exit 1; \
-	done
+notebooks: install
+	$(PYTHON) tools/execute_notebooks.py --timeout $(NOTEBOOK_TIMEOUT)
 	$(PYTHON) tools/make_exercises.py
 
 bench: install

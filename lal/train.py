@@ -405,7 +405,8 @@ class _Trainer:
         self.model.train()
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = make_optimizer(self.model, cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.device))
+        # Only float16 on CUDA needs loss scaling; everywhere else the scaler is a no-op.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.device))
         self.batch_generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # dropout
         self.eval_starts = eval_windows(self.val_data, cfg.eval_windows, self.block_size, seed=EVAL_SEED)
@@ -605,7 +606,8 @@ class _Trainer:
             raise CheckpointError(f"Cannot resume from {path}: it holds weights but no training state or optimizer.")
         load_model_state(self.model, payload["model"], source=path)
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.scaler.load_state_dict(train_state["grad_scaler"])
+        if self.scaler.is_enabled() and train_state["grad_scaler"]:  # empty when saved without fp16
+            self.scaler.load_state_dict(train_state["grad_scaler"])
         rng = train_state["rng"]
         self.batch_generator.set_state(rng["batches"])
         torch.set_rng_state(rng["torch_cpu"])

@@ -11,7 +11,7 @@ import torch
 
 from lal import train as lal_train
 from lal.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from lal.data import eval_windows
+from lal.data import eval_windows, get_batch
 from lal.model import GPT, GPTConfig
 from lal.tokenizers import CharTokenizer
 from lal.train import (
@@ -28,6 +28,16 @@ from lal.train import (
 )
 
 WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "death", "now"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train as fast on one thread, and one thread does not stall when other programs
+    compete for the cores (threads of one operation then wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_text(n_words: int = 3000, seed: int = 0) -> str:
@@ -169,6 +179,24 @@ def test_training_with_accumulation_follows_the_big_batch_run(corpus) -> None:
     # Adam divides by the gradient size, so tiny float differences in near-zero gradients (the key
     # biases have none in exact arithmetic) show up at the 1e-6 level: allow 1e-5.
     torch.testing.assert_close(parameters(small), parameters(big), rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_function_trains_like_token_data(corpus) -> None:
+    """Fine-tuning passes ``batches(i) -> (x, y)``; the same batches must give the same training."""
+    tokenizer, train_ids, val_ids = corpus
+    generator = torch.Generator().manual_seed(7)  # the seed quick_config gives the trainer's own generator
+    calls = []
+
+    def batches(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(i)
+        return get_batch(train_ids, 4, 16, "cpu", generator)
+
+    from_tokens, from_function = tiny_model(tokenizer.vocab_size), tiny_model(tokenizer.vocab_size)
+    history = train(from_tokens, train_ids, val_ids, quick_config(max_steps=6, batch_size=4, grad_accum_steps=2))
+    history_fn = train(from_function, batches, val_ids, quick_config(max_steps=6, batch_size=4, grad_accum_steps=2))
+    assert calls == list(range(12))  # micro-batch i of step s is batches(s * grad_accum_steps + i)
+    assert history_fn.val_loss == history.val_loss and history_fn.tokens == history.tokens == [0, 6 * 2 * 4 * 16]
+    torch.testing.assert_close(parameters(from_function), parameters(from_tokens), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------ files and resume

@@ -47,7 +47,7 @@ def _random_ids(rng: random.Random, length: int, alphabet: int) -> list[int]:
 
 
 _COUNT_CASES: list[tuple[list[int], str]] = [
-    ([1, 2, 3, 1, 2], "an ordinary sequence"),
+    ([1, 2, 3, 1, 2, 4], "an ordinary sequence"),
     ([1, 1, 1], "overlapping pairs: in [1, 1, 1] the pair (1, 1) occurs twice (positions 0-1 and 1-2)"),
     ([1, 1, 1, 1], "a run of four equal tokens: (1, 1) occurs three times"),
     ([7, 3], "two tokens: exactly one pair"),
@@ -75,16 +75,20 @@ def check_get_pair_counts(candidate: Callable[[list[int]], Mapping]) -> None:
             continue
         hint = ""
         bad_keys = [key for key in result if not (isinstance(key, tuple) and len(key) == 2)]
+        wrapped = dict(expected)
+        if len(ids) >= 2:
+            wrapped[(ids[-1], ids[0])] = wrapped.get((ids[-1], ids[0]), 0) + 1
         if bad_keys:
             hint = f" The keys must be pairs (tuples of two ints), such as (1, 2); you used {bad_keys[0]!r}."
-        elif ids and (ids[-1], ids[0]) in result and result.get((ids[-1], ids[0]), 0) > expected.get((ids[-1], ids[0]), 0):
+        elif {(b, a): n for (a, b), n in result.items()} == expected:
+            hint = " Your pairs are reversed: the key is (ids[i], ids[i + 1]), the left token first."
+        elif len(ids) >= 2 and result == wrapped:
             hint = " You counted the pair (last token, first token): the sequence does not wrap around."
+        elif set(result) == set(expected):
+            hint = (" You found the right pairs with the wrong counts: every occurrence counts, overlapping ones "
+                    "included.")
         elif len(ids) >= 2 and result == _reference_counts(ids[:-1]):
             hint = " The last pair is missing: there are len(ids) - 1 pairs, (ids[i], ids[i + 1]) for i < len(ids) - 1."
-        elif set(result) == set(expected):
-            hint = " You found the right pairs with the wrong counts: every occurrence counts, overlapping ones included."
-        elif {(b, a) for a, b in result} == set(expected):
-            hint = " Your pairs are reversed: the key is (ids[i], ids[i + 1]), the left token first."
         raise AssertionError(
             f"get_pair_counts({ids}) returned {result}, expected {expected} (the case: {what}).{hint}"
         )
@@ -95,7 +99,7 @@ def check_get_pair_counts(candidate: Callable[[list[int]], Mapping]) -> None:
 
 
 _MERGE_CASES: list[tuple[list[int], tuple[int, int], int, str]] = [
-    ([5, 1, 2, 3, 1, 2], (1, 2), 9, "an ordinary sequence: every occurrence of the pair is replaced, not only the first"),
+    ([5, 1, 2, 3, 1, 2, 7], (1, 2), 9, "an ordinary sequence: every occurrence of the pair is replaced, not only the first"),
     ([1, 2, 1, 2, 1, 2], (1, 2), 9, "three occurrences in a row"),
     ([1, 1, 1], (1, 1), 9, "overlapping occurrences: the first two 1s merge, the third has no partner left"),
     ([1, 1, 1, 1], (1, 1), 9, "a run of four: two merges, [9, 9]"),
@@ -107,6 +111,36 @@ _MERGE_CASES: list[tuple[list[int], tuple[int, int], int, str]] = [
     ([], (1, 2), 9, "an empty list"),
     ([1, 2], (1, 2), 256, "exactly the pair"),
 ]
+
+
+def _merge_mistakes(ids: list[int], pair: tuple[int, int], new_id: int) -> list[tuple[str, list[int]]]:
+    """What the classic wrong merges return for this input, with what to tell the learner."""
+    n = len(ids)
+    overlapping = [new_id if i + 1 < n and (ids[i], ids[i + 1]) == pair else ids[i] for i in range(n)]
+    first = next((i for i in range(n - 1) if (ids[i], ids[i + 1]) == pair), None)
+    first_only = list(ids) if first is None else ids[:first] + [new_id] + ids[first + 2:]
+    at_end = list(ids[:-2]) + [new_id] if n >= 2 and (ids[-2], ids[-1]) == pair else None
+    missed_end = _reference_merge(ids[:-2], pair, new_id) + list(ids[-2:]) if at_end is not None else None
+    if missed_end is not None and n >= 3 and (ids[-3], ids[-2]) == pair:
+        missed_end = None  # the last pair overlaps the one before it: the case is not about the loop bound
+    unordered = []
+    i = 0
+    while i < n:
+        if i + 1 < n and {ids[i], ids[i + 1]} == set(pair):
+            unordered.append(new_id)
+            i += 2
+        else:
+            unordered.append(ids[i])
+            i += 1
+    return [
+        ("You only replaced the first occurrence of the pair: keep scanning to the end of the list.", first_only),
+        ("You let occurrences overlap: after a merge, skip BOTH tokens of the pair (i += 2), so a token is never "
+         "used by two merges; and do not keep the second token of a merged pair.", overlapping),
+        ("A pair at the very end of the list was not merged: check your loop bound (the last pair starts at index "
+         "len(ids) - 2, so test `i + 1 < len(ids)`, not `i + 2 < len(ids)`).", missed_end),
+        ("You also merged the reversed pair: (a, b) only matches ids[i] == a and ids[i + 1] == b, in that order.",
+         unordered),
+    ]
 
 
 def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
@@ -133,9 +167,11 @@ def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[
             raise AssertionError("`bpe_merge` returned its input list itself: return a new list.")
         expected = _reference_merge(ids, pair, new_id)
         if result != expected:
+            hints = [message for message, wrong in _merge_mistakes(before, pair, new_id)
+                     if wrong is not None and wrong != expected and result == wrong]
             raise AssertionError(
                 f"bpe_merge({before}, {pair}, {new_id}) returned {result}, expected {expected}.\n"
-                f"The case: {what}."
+                f"The case: {what}." + (f"\n{hints[0]}" if hints else "")
             )
         if not all(type(token) is int for token in result):
             raise AssertionError(f"`bpe_merge` should return a list of Python ints, got {_short(result)}.")
@@ -172,6 +208,24 @@ _TRAIN_CASES: list[tuple[str, int, str]] = [
 ]
 
 
+def _train_first_seen_ties(text: str, num_merges: int) -> list[tuple[tuple[int, int], int]]:
+    ids, merges = list(text.encode("utf-8")), []
+    for new_id in range(256, 256 + num_merges):
+        if len(ids) < 2:
+            break
+        counts = _reference_counts(ids)
+        pair = max(counts, key=counts.get)  # the first pair seen among the most frequent
+        ids = _reference_merge(ids, pair, new_id)
+        merges.append((pair, new_id))
+    return merges
+
+
+def _train_counted_once(text: str, num_merges: int) -> list[tuple[tuple[int, int], int]]:
+    counts = _reference_counts(list(text.encode("utf-8")))
+    ranked = sorted(counts, key=lambda p: (-counts[p], p))[:num_merges]
+    return [(pair, 256 + i) for i, pair in enumerate(ranked)]
+
+
 def _describe_merges(merges: Any) -> str:
     return _short(merges)
 
@@ -195,9 +249,15 @@ def check_train_bpe(candidate: Callable[[str, int], list]) -> None:
             continue
         hint = ""
         ids_given = [new_id for _, new_id in result]
-        if [pair for pair, _ in result] == [pair for pair, _ in expected] and ids_given != [m for _, m in expected]:
-            hint = (f" Your pairs are right but the new ids are {ids_given[:3]}...: merge i creates id 256 + i "
-                    "(ids 0-255 are the bytes).")
+        if ids_given and ids_given != list(range(256, 256 + len(ids_given))):
+            hint = (f" Your new ids are {ids_given[:3]}...: merge i creates id 256 + i (ids 0-255 are the bytes), "
+                    "so the first merge is 256, then 257, ...")
+        elif result == _train_first_seen_ties(text, num_merges):
+            hint = (" Ties are broken wrongly: among equally frequent pairs take the SMALLEST pair, "
+                    "min(counts, key=lambda p: (-counts[p], p)); max(counts, key=counts.get) takes the first one seen.")
+        elif result == _train_counted_once(text, num_merges):
+            hint = (" You counted the pairs only once: after every merge the sequence changes, so count its pairs "
+                    "again (new pairs such as (256, 257) appear, merged ones disappear).")
         elif len(result) > len(expected):
             hint = " You returned too many merges: stop when fewer than two tokens are left."
         elif len(result) < len(expected):
