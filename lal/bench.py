@@ -58,7 +58,7 @@ class BenchResult:
             f"{self.preset} ({self.n_params / 1e6:.2f}M parameters) on {self.device}, "
             f"batch {self.batch_size} × context {self.block_size}\n"
             f"  throughput   {self.tokens_per_s:,.0f} tokens/s ({self.ms_per_step:.1f} ms/step)\n"
-            f"  MFU          {self.mfu:.1%} of {self.peak_tflops:.1f} TFLOP/s ({self.peak_source})\n"
+            f"  MFU          {self.mfu:.1%} of {self.peak_tflops:.3g} TFLOP/s ({self.peak_source})\n"
             f"  peak memory  {self.peak_memory_mb:,.0f} MB"
         )
 

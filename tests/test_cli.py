@@ -116,3 +116,19 @@ def test_help_works_as_a_module() -> None:
     completed = subprocess.run([sys.executable, "-m", "lal", "train", "--help"], capture_output=True, text=True)
     assert completed.returncode == 0
     assert "--target-val-loss" in completed.stdout and "--resume" in completed.stdout
+
+
+def test_corpus_from_web_pages_respects_robots(tmp_path: Path, capsys) -> None:
+    from test_corpus import site_with
+
+    site = site_with((200, "text/plain", b"User-agent: *\nDisallow: /private/\n"))
+    try:
+        out = tmp_path / "web.txt"
+        assert main(["corpus", "--url", site.url("/page.html"), "--url", site.url("/private/secret.html"),
+                     "--out", str(out), "--delay", "0"]) == 0
+    finally:
+        site.close()
+    text = out.read_text(encoding="utf-8")
+    assert "rich and strange" in text and "SECRET" not in text
+    assert "/private/secret.html" not in site.paths  # robots.txt said no: never requested
+    assert "robots.txt" in capsys.readouterr().out

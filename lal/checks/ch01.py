@@ -17,56 +17,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lal.checks.common import call, expect_close, expect_tensor, passed
-
-Mistakes = list[tuple[str, torch.Tensor]]  # (what the learner did wrong, the output that gives)
-
-
-def _call(candidate: Callable[..., Any], name: str, *args: Any, hint: str = "", **kwargs: Any) -> Any:
-    """Call the learner's function; a crash becomes an AssertionError that says what was passed."""
-    try:
-        return call(candidate, name, *args, **kwargs)
-    except AssertionError:
-        raise
-    except Exception as error:  # the learner's code may raise anything; report it readably
-        shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
-        message = f"`{name}` raised {type(error).__name__}: {error}\n(called with tensors of shapes {shapes}.) {hint}"
-        raise AssertionError(message.rstrip()) from error
+from lal.checks.common import (
+    Mistakes,
+    call,
+    compare,
+    expect_close,
+    expect_tensor,
+    expect_unchanged,
+    matching_mistake,
+    passed,
+)
 
 
-def _matching_mistake(actual: torch.Tensor, mistakes: Mistakes, *, atol: float, rtol: float) -> str | None:
-    """The message of the first classic mistake whose output ``actual`` reproduces, if any."""
-    for message, value in mistakes:
-        if value.shape != actual.shape:
-            continue
-        if torch.allclose(actual.double(), value.double(), atol=atol, rtol=rtol, equal_nan=True):
-            return message
-    return None
 
 
-def _compare(
-    actual: torch.Tensor,
-    expected: torch.Tensor,
-    mistakes: Mistakes,
-    otherwise: str,
-    *,
-    atol: float,
-    rtol: float,
-) -> None:
-    """Pass when ``actual`` matches ``expected``; otherwise name the mistake it matches."""
-    if torch.isfinite(actual).all() and torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol):
-        return
-    message = _matching_mistake(actual, mistakes, atol=atol, rtol=rtol) or otherwise
-    expect_close(actual, expected, message, atol=atol, rtol=rtol)
 
 
-def _expect_unchanged(before: torch.Tensor, after: torch.Tensor, name: str, argument: str) -> None:
-    if not torch.equal(before, after):
-        raise AssertionError(
-            f"`{name}` changed its input `{argument}` in place (an operation such as `{argument} += ...`). "
-            f"The caller still needs `{argument}` as it was: build a new tensor instead "
-            f"(`{argument} + ...` creates one)."
-        )
+
+
+
 
 
 # --------------------------------------------------------------------------- Exercise 1.1: counting
@@ -142,7 +111,7 @@ def check_bigram_counts(bigram_counts: Callable[[torch.Tensor, int], torch.Tenso
     ]
     for what, ids, vocab_size in cases:
         before = ids.clone()
-        out = _call(bigram_counts, "bigram_counts", ids, vocab_size)
+        out = call(bigram_counts, "bigram_counts", ids, vocab_size)
         if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape != (vocab_size, vocab_size):
             raise AssertionError(
                 f"`bigram_counts` returned shape {tuple(out.shape)} for {what}; expected "
@@ -150,7 +119,7 @@ def check_bigram_counts(bigram_counts: Callable[[torch.Tensor, int], torch.Tenso
                 "ids.max() + 1: a token that never occurs still needs its row and column."
             )
         actual = expect_tensor(out, "bigram_counts", (vocab_size, vocab_size))
-        _expect_unchanged(before, ids, "bigram_counts", "ids")
+        expect_unchanged(before, ids, "bigram_counts", "ids")
         if actual.dtype != torch.long:
             raise AssertionError(
                 f"`bigram_counts` returned dtype {actual.dtype}; counts are whole numbers, so return "
@@ -160,7 +129,7 @@ def check_bigram_counts(bigram_counts: Callable[[torch.Tensor, int], torch.Tenso
         if torch.equal(actual, expected):
             continue
         total = int(actual.sum())
-        message = _matching_mistake(actual, _count_mistakes(ids, vocab_size), atol=0, rtol=0)
+        message = matching_mistake(actual, _count_mistakes(ids, vocab_size), atol=0, rtol=0)
         if message is None:
             message = (
                 f"`bigram_counts` is wrong for {what}: counts[a, b] must be the number of positions i with "
@@ -243,9 +212,9 @@ def check_bigram_probs(bigram_probs: Callable[..., torch.Tensor]) -> None:
     for what, counts, smoothing in cases:
         before = counts.clone()
         kwargs = {} if smoothing is None else {"smoothing": smoothing}
-        out = _call(bigram_probs, "bigram_probs", counts, **kwargs)
+        out = call(bigram_probs, "bigram_probs", counts, **kwargs)
         actual = expect_tensor(out, "bigram_probs", tuple(counts.shape))
-        _expect_unchanged(before, counts, "bigram_probs", "counts")
+        expect_unchanged(before, counts, "bigram_probs", "counts")
         if not actual.dtype.is_floating_point:
             raise AssertionError(
                 f"`bigram_probs` returned dtype {actual.dtype}: probabilities are fractions, so the result "
@@ -262,7 +231,7 @@ def check_bigram_probs(bigram_probs: Callable[..., torch.Tensor]) -> None:
             otherwise += f" Each row must sum to 1; yours sum to {[round(s, 3) for s in row_sums.tolist()]}."
         if smoothing is None:
             otherwise += " The default smoothing is 1.0 (add-one smoothing)."
-        _compare(actual, expected, _probs_mistakes(counts, value), otherwise, atol=1e-6, rtol=1e-5)
+        compare(actual, expected, _probs_mistakes(counts, value), otherwise, atol=1e-6, rtol=1e-5)
     passed("bigram_probs", len(cases))
 
 
@@ -414,7 +383,7 @@ def check_cross_entropy(cross_entropy: Callable[[torch.Tensor, torch.Tensor], to
     for what, logits, targets in cases:
         logits_before, targets_before = logits.clone(), targets.clone()
         with _without_library_cross_entropy():
-            out = _call(cross_entropy, "cross_entropy", logits, targets)
+            out = call(cross_entropy, "cross_entropy", logits, targets)
         if isinstance(out, (float, int)):
             raise AssertionError(
                 "`cross_entropy` returned a Python number; return the tensor itself (no .item()), so that "
@@ -426,8 +395,8 @@ def check_cross_entropy(cross_entropy: Callable[[torch.Tensor, torch.Tensor], to
                 "number, a 0-dim tensor: take the .mean() over the per-position losses."
             )
         actual = expect_tensor(out, "cross_entropy", ())
-        _expect_unchanged(logits_before, logits, "cross_entropy", "logits")
-        _expect_unchanged(targets_before, targets, "cross_entropy", "targets")
+        expect_unchanged(logits_before, logits, "cross_entropy", "logits")
+        expect_unchanged(targets_before, targets, "cross_entropy", "targets")
         expected = F.cross_entropy(logits.double(), targets)
         otherwise = (
             f"`cross_entropy` is wrong for {what}: the mean over rows i of −log softmax(logits[i])[targets[i]]."
@@ -438,7 +407,7 @@ def check_cross_entropy(cross_entropy: Callable[[torch.Tensor, torch.Tensor], to
         if not torch.isfinite(actual).all():
             why = _stability_hint(logits) if large else " Look for a log(0) or a 0/0 in your steps."
             raise AssertionError(f"`cross_entropy` returned {actual.item()} for {what}." + why)
-        _compare(actual, expected, _cross_entropy_mistakes(logits, targets), otherwise, atol=1e-4, rtol=1e-5)
+        compare(actual, expected, _cross_entropy_mistakes(logits, targets), otherwise, atol=1e-4, rtol=1e-5)
     _check_cross_entropy_gradient(cross_entropy, g)
     passed("cross_entropy", len(cases) + 1)
 
@@ -448,7 +417,7 @@ def _check_cross_entropy_gradient(cross_entropy: Callable[..., torch.Tensor], g:
     logits = (2 * torch.randn(5, 4, generator=g)).requires_grad_()
     targets = torch.tensor([0, 3, 1, 1, 2])
     with _without_library_cross_entropy():
-        loss = _call(cross_entropy, "cross_entropy", logits, targets)
+        loss = call(cross_entropy, "cross_entropy", logits, targets)
     if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
         raise AssertionError(
             "The loss of `cross_entropy` has no gradient with respect to the logits: keep every step in "
@@ -507,7 +476,7 @@ def _sample(sample_bigram: Callable[..., Any], probs: torch.Tensor, start_id: in
         "cumulative probabilities ≤ u. (Outside this exercise, do use torch.multinomial.)"
     )
     with _refusing(_SAMPLING_BUILTINS, "sample_bigram", instead):
-        out = _call(sample_bigram, "sample_bigram", probs, start_id, n, generator)
+        out = call(sample_bigram, "sample_bigram", probs, start_id, n, generator)
     return _as_id_list(out, n)
 
 
@@ -523,7 +492,7 @@ def check_sample_bigram(sample_bigram: Callable[..., Any]) -> None:
             expected.append(current)
         before = certain.clone()
         actual = _sample(sample_bigram, certain, 2, 12, seed=0)
-        _expect_unchanged(before, certain, "sample_bigram", "probs")
+        expect_unchanged(before, certain, "sample_bigram", "probs")
         if actual != expected:
             transposed, current = [], 2
             for _ in range(12):

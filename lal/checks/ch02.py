@@ -21,15 +21,6 @@ from lal.tokenizers import get_pair_counts as _reference_counts
 from lal.tokenizers import most_frequent_pair as _reference_most_frequent
 
 
-def _call(candidate: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
-    """Call the learner's function; a crash becomes an AssertionError that says what was passed."""
-    try:
-        return call(candidate, name, *args, **kwargs)
-    except AssertionError:
-        raise
-    except Exception as error:  # the learner's code may raise anything; report it readably
-        shown = ", ".join(_short(a) for a in args)
-        raise AssertionError(f"`{name}({shown})` raised {type(error).__name__}: {error}") from error
 
 
 def _short(value: Any) -> str:
@@ -64,7 +55,7 @@ def check_get_pair_counts(candidate: Callable[[list[int]], Mapping]) -> None:
     cases += [(_random_ids(rng, 40, 4), "a random sequence with many repeated pairs") for _ in range(5)]
     for ids, what in cases:
         before = list(ids)
-        result = _call(candidate, "get_pair_counts", ids)
+        result = call(candidate, "get_pair_counts", ids)
         if ids != before:
             raise AssertionError("`get_pair_counts` changed its input list: count the pairs without modifying `ids`.")
         if not isinstance(result, Mapping):
@@ -152,7 +143,7 @@ def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[
         cases.append((ids, (ids[3], ids[4]), 99, "a random sequence with many repeats"))
     for ids, pair, new_id, what in cases:
         before = list(ids)
-        result = _call(candidate, "bpe_merge", ids, pair, new_id)
+        result = call(candidate, "bpe_merge", ids, pair, new_id)
         if ids != before:
             raise AssertionError(
                 f"`bpe_merge` changed its input list (called with ids={before}, pair={pair}). The caller still "
@@ -233,7 +224,7 @@ def _describe_merges(merges: Any) -> str:
 def check_train_bpe(candidate: Callable[[str, int], list]) -> None:
     """Check ``train_bpe(text, num_merges)`` against byte-level BPE built from ``lal.tokenizers``."""
     for text, num_merges, what in _TRAIN_CASES:
-        result = _call(candidate, "train_bpe", text, num_merges)
+        result = call(candidate, "train_bpe", text, num_merges)
         if not isinstance(result, list):
             raise AssertionError(f"`train_bpe` should return a list of ((left, right), new_id) tuples, got "
                                  f"{type(result).__name__}.")
@@ -291,7 +282,7 @@ def check_embedding_lookup_as_matmul(candidate: Callable[[torch.Tensor, torch.Te
         learner_weight = weight.clone().requires_grad_(True)
         reference_weight = weight.clone().requires_grad_(True)
         ids_before = ids.clone()
-        result = _call(candidate, "embedding_lookup_as_matmul", ids, learner_weight)
+        result = call(candidate, "embedding_lookup_as_matmul", ids, learner_weight)
         if not isinstance(result, torch.Tensor):
             raise AssertionError(f"`embedding_lookup_as_matmul` should return a tensor, got {type(result).__name__}.")
         expected = F.embedding(ids, reference_weight)

@@ -14,59 +14,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lal.checks.common import call, expect_close, expect_tensor, passed
+from lal.checks.common import Mistakes, call, compare, expect_tensor, expect_unchanged, passed
 from lal.model import causal_mask
 
-Mistakes = list[tuple[str, torch.Tensor]]  # (what the learner did wrong, the output that gives)
 
 _SEED = 3
 
 
-def _call(candidate: Callable[..., Any], name: str, *args: Any, hint: str = "") -> Any:
-    """Call the learner's function; a crash becomes an AssertionError that says what was passed."""
-    try:
-        return call(candidate, name, *args)
-    except AssertionError:
-        raise
-    except Exception as error:  # the learner's code may raise anything; report it readably
-        shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
-        raise AssertionError(
-            f"`{name}` raised {type(error).__name__}: {error}\n(called with tensors of shapes {shapes}.) {hint}".rstrip()
-        ) from error
 
 
-def _matching_mistake(actual: torch.Tensor, mistakes: Mistakes, *, atol: float, rtol: float) -> str | None:
-    """The message of the first classic mistake whose output ``actual`` reproduces, if any."""
-    for message, value in mistakes:
-        if value.shape == actual.shape and torch.allclose(
-            actual.double(), value.double(), atol=atol, rtol=rtol, equal_nan=True
-        ):
-            return message
-    return None
 
 
-def _compare(
-    actual: torch.Tensor, expected: torch.Tensor, mistakes: Mistakes, otherwise: str, *, atol: float, rtol: float
-) -> None:
-    """Pass when ``actual`` matches ``expected``; otherwise name the mistake it matches."""
-    if torch.isfinite(actual).all() and torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol):
-        return
-    message = _matching_mistake(actual, mistakes, atol=atol, rtol=rtol) or otherwise
-    expect_close(actual, expected, message, atol=atol, rtol=rtol)
 
 
-def _expect_unchanged(before: torch.Tensor, after: torch.Tensor, name: str, argument: str) -> None:
-    if not torch.equal(before, after):
-        raise AssertionError(
-            f"`{name}` changed its input `{argument}` in place (e.g. with `masked_fill_` or `+=`). "
-            f"The caller still needs `{argument}` as it was: use the out-of-place version "
-            "(`masked_fill`, `x + ...`), which returns a new tensor."
-        )
 
 
 def _row_normalised(weights: torch.Tensor) -> torch.Tensor:
@@ -146,10 +110,10 @@ def check_average_past(average_past: Callable[[torch.Tensor], torch.Tensor]) -> 
     for B, T, C in cases:
         x = torch.randn(B, T, C, generator=generator)
         before = x.clone()
-        out = expect_tensor(_call(average_past, name, x), name, (B, T, C))
-        _expect_unchanged(before, x, name, "x")
+        out = expect_tensor(call(average_past, name, x), name, (B, T, C))
+        expect_unchanged(before, x, name, "x")
         expected = _average_past_reference(x.double())
-        _compare(
+        compare(
             out,
             expected,
             _average_past_mistakes(x.double()),
@@ -189,14 +153,14 @@ def check_split_heads(split_heads: Callable[[torch.Tensor, int], torch.Tensor]) 
         D = C // H
         x = torch.arange(B * T * C, dtype=torch.float32).view(B, T, C)  # every entry tells where it came from
         before = x.clone()
-        out = _call(split_heads, name, x, H, hint="Use only view/reshape and transpose/permute.")
+        out = call(split_heads, name, x, H, hint="Use only view/reshape and transpose/permute.")
         if isinstance(out, torch.Tensor) and tuple(out.shape) == (B, T, H, D):
             raise AssertionError(
                 f"`{name}` returned shape {(B, T, H, D)} = (B, T, H, D): the heads are cut but the head axis "
                 f"is still after the positions. Move it with .transpose(1, 2) to get (B, H, T, D)."
             )
         expect_tensor(out, name, (B, H, T, D))
-        _expect_unchanged(before, x, name, "x")
+        expect_unchanged(before, x, name, "x")
         mistakes = [
             (
                 "Right shape, wrong contents: x.view(B, H, T, D) (or reshape) alone cuts the memory in the "
@@ -209,7 +173,7 @@ def check_split_heads(split_heads: Callable[[torch.Tensor, int], torch.Tensor]) 
                 x.view(B, T, D, H).permute(0, 3, 1, 2),
             ),
         ]
-        _compare(
+        compare(
             out,
             _split_reference(x, H),
             mistakes,
@@ -232,14 +196,14 @@ def check_merge_heads(merge_heads: Callable[[torch.Tensor], torch.Tensor]) -> No
     for B, H, T, D in cases:
         x = torch.arange(B * H * T * D, dtype=torch.float32).view(B, H, T, D)
         before = x.clone()
-        out = _call(merge_heads, name, x, hint=hint)
+        out = call(merge_heads, name, x, hint=hint)
         if isinstance(out, torch.Tensor) and tuple(out.shape) == (B, T, H, D) and (H, D) != (1, 1):
             raise AssertionError(
                 f"`{name}` returned shape {(B, T, H, D)} = (B, T, H, D): the heads are back next to their "
                 "positions but not yet side by side. Finish with .reshape(B, T, H * D)."
             )
         expect_tensor(out, name, (B, T, H * D))
-        _expect_unchanged(before, x, name, "x")
+        expect_unchanged(before, x, name, "x")
         mistakes = [
             (
                 "Right shape, wrong contents: reshaping (B, H, T, D) straight to (B, T, H*D) glues together "
@@ -253,7 +217,7 @@ def check_merge_heads(merge_heads: Callable[[torch.Tensor], torch.Tensor]) -> No
                 x.permute(0, 2, 3, 1).reshape(B, T, D * H),
             ),
         ]
-        _compare(
+        compare(
             out,
             _merge_reference(x),
             mistakes,
@@ -373,7 +337,7 @@ def check_causal_attention(
         q, k, v = _attention_inputs(generator, B, H, T, D, scale)
         before = [t.clone() for t in (q, k, v)]
         try:
-            out = _call(causal_attention, name, q, k, v, hint=hint)
+            out = call(causal_attention, name, q, k, v, hint=hint)
         except AssertionError as error:
             if single_ok and B * H > 1:
                 raise AssertionError(
@@ -389,7 +353,7 @@ def check_causal_attention(
             )
         expect_tensor(out, name, (B, H, T, D))
         for argument, old, new in zip("qkv", before, (q, k, v)):
-            _expect_unchanged(old, new, name, argument)
+            expect_unchanged(old, new, name, argument)
         qd, kd, vd = q.double(), k.double(), v.double()
         expected = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
         if scale > 1 and not torch.isfinite(out).all():
@@ -406,6 +370,6 @@ def check_causal_attention(
             )
         else:
             otherwise += " Compute softmax(q @ kᵀ / √D with the future set to -inf, over dim=-1) @ v."
-        _compare(out, expected, _attention_mistakes(qd, kd, vd), otherwise, atol=1e-4 if scale > 1 else 1e-5, rtol=1e-4)
+        compare(out, expected, _attention_mistakes(qd, kd, vd), otherwise, atol=1e-4 if scale > 1 else 1e-5, rtol=1e-4)
         single_ok = single_ok or B * H == 1
     passed(name, len(cases))

@@ -17,62 +17,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lal.checks.common import call, expect_close, expect_tensor, passed
+from lal.checks.common import Mistakes, call, compare, expect_tensor, expect_unchanged, passed
 from lal.model import GPT, Block, GPTConfig, count_parameters, preset_config
 
 PARTS = ("embeddings", "attention", "mlp", "norms", "total")
 
 
-def _call(candidate: Callable[..., Any], name: str, *args: Any, hint: str = "", **kwargs: Any) -> Any:
-    """Call the learner's function; a crash becomes an AssertionError that says what was passed."""
-    try:
-        return call(candidate, name, *args, **kwargs)
-    except AssertionError:
-        raise
-    except Exception as error:  # the learner's code may raise anything; report it readably
-        shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
-        raise AssertionError(
-            f"`{name}` raised {type(error).__name__}: {error}\n"
-            f"(called with tensors of shapes {shapes}.) {hint}".rstrip()
-        ) from error
 
 
-Mistakes = list[tuple[str, torch.Tensor]]  # (what the learner did wrong, the output that gives)
 
 
-def _matching_mistake(actual: torch.Tensor, mistakes: Mistakes, *, atol: float, rtol: float) -> str | None:
-    """The message of the first classic mistake whose output ``actual`` reproduces, if any."""
-    for message, value in mistakes:
-        if value.shape != actual.shape:
-            continue
-        if torch.allclose(actual.double(), value.double(), atol=atol, rtol=rtol, equal_nan=True):
-            return message
-    return None
 
 
-def _compare(
-    actual: torch.Tensor,
-    expected: torch.Tensor,
-    mistakes: Mistakes,
-    otherwise: str,
-    *,
-    atol: float,
-    rtol: float,
-) -> None:
-    """Pass when ``actual`` matches ``expected``; otherwise name the mistake it matches."""
-    if torch.isfinite(actual).all() and torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol):
-        return
-    message = _matching_mistake(actual, mistakes, atol=atol, rtol=rtol) or otherwise
-    expect_close(actual, expected, message, atol=atol, rtol=rtol)
 
 
-def _expect_unchanged(before: torch.Tensor, after: torch.Tensor, name: str) -> None:
-    if not torch.equal(before, after):
-        raise AssertionError(
-            f"`{name}` changed its input tensor in place (an in-place operation such as `x -= ...` or "
-            "`x += ...`). The caller still needs x, and autograd needs it too: build new tensors instead "
-            "(`x = x + ...` creates a new one)."
-        )
 
 
 # --------------------------------------------------------------------------- Exercise 4.1: GELU
@@ -119,8 +77,8 @@ def check_gelu(gelu: Callable[[torch.Tensor], torch.Tensor]) -> None:
     ]
     for what, x in cases:
         before = x.clone()
-        actual = expect_tensor(_call(gelu, "gelu", x), "gelu", tuple(x.shape))
-        _expect_unchanged(before, x, "gelu")
+        actual = expect_tensor(call(gelu, "gelu", x), "gelu", tuple(x.shape))
+        expect_unchanged(before, x, "gelu")
         if actual.dtype != x.dtype:
             raise AssertionError(
                 f"`gelu` returned {actual.dtype} for {x.dtype} input ({what}): keep the input's dtype."
@@ -132,7 +90,7 @@ def check_gelu(gelu: Callable[[torch.Tensor], torch.Tensor]) -> None:
                 " Large inputs should give ≈ x (positive) or ≈ 0 (negative). If you wrote tanh with exp(), "
                 "exp overflows to inf and inf/inf is NaN: use torch.tanh."
             )
-        _compare(actual, expected, _gelu_mistakes(x), otherwise, atol=_GELU_ATOL, rtol=_GELU_RTOL)
+        compare(actual, expected, _gelu_mistakes(x), otherwise, atol=_GELU_ATOL, rtol=_GELU_RTOL)
     passed("gelu", len(cases))
 
 
@@ -229,16 +187,16 @@ def check_layer_norm(layer_norm: Callable[..., torch.Tensor]) -> None:
         weight, bias = params(x.shape[-1], x.dtype)
         before = x.clone()
         kwargs = {} if eps is None else {"eps": eps}
-        out = _call(layer_norm, "layer_norm", x, weight, bias, hint=shape_hint, **kwargs)
+        out = call(layer_norm, "layer_norm", x, weight, bias, hint=shape_hint, **kwargs)
         actual = expect_tensor(out, "layer_norm", tuple(x.shape))
-        _expect_unchanged(before, x, "layer_norm")
+        expect_unchanged(before, x, "layer_norm")
         if actual.dtype != x.dtype:
             raise AssertionError(
                 f"`layer_norm` returned {actual.dtype} for {x.dtype} input ({what}): keep the input's dtype."
             )
         eps_value = 1e-5 if eps is None else eps
         expected = F.layer_norm(x, (x.shape[-1],), weight, bias, eps_value)
-        _compare(
+        compare(
             actual,
             expected,
             _layer_norm_mistakes(x, weight, bias, eps_value),
@@ -332,12 +290,12 @@ def check_block_forward(block_forward: Callable[..., torch.Tensor]) -> None:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(100 + seed))
         before = x.clone()
         with torch.no_grad():
-            out = _call(block_forward, "block_forward", x, block.ln_1, attn, block.ln_2, block.mlp)
+            out = call(block_forward, "block_forward", x, block.ln_1, attn, block.ln_2, block.mlp)
             actual = expect_tensor(out, "block_forward", shape)
-            _expect_unchanged(before, x, "block_forward")
+            expect_unchanged(before, x, "block_forward")
             expected, _ = block(x)
             mistakes = _block_mistakes(x, block.ln_1, attn, block.ln_2, block.mlp)
-        _compare(
+        compare(
             actual,
             expected,
             mistakes,
@@ -425,7 +383,7 @@ def check_count_gpt_parameters(count_gpt_parameters: Callable[[GPTConfig], Mappi
         preset_config("lal", vocab_size=50257),
     ]
     for config in configs:
-        result = _call(count_gpt_parameters, "count_gpt_parameters", config)
+        result = call(count_gpt_parameters, "count_gpt_parameters", config)
         if not isinstance(result, Mapping):
             raise AssertionError(
                 f"`count_gpt_parameters` should return a dict with keys {list(PARTS)}, got {type(result).__name__}."
