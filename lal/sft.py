@@ -784,7 +784,15 @@ def finetune_from_checkpoint(
         heldout = make_instruction_dataset(n_heldout, heldout_seed, split="heldout")
     text = prepare_text_data(dataset=dataset, text_path=text_path, tokenizer=tokenizer)
     block_size = model.config.block_size
-    sft_batches = make_sft_batches(examples, tokenizer, batch_size, block_size, seed=seed)
+    try:
+        sft_batches = make_sft_batches(examples, tokenizer, batch_size, block_size, seed=seed)
+    except ValueError as error:
+        raise ValueError(
+            f"The instruction examples cannot be encoded with this model's tokenizer: {error} "
+            "A character-level model knows only the characters of the text it was pretrained on: give "
+            "--data a JSONL file of examples written with those characters, or pretrain with a BPE or "
+            "tiktoken tokenizer, which can encode any text."
+        ) from error
     batches: BatchFn = sft_batches
     if mix_ratio > 0:
         pretraining = pretraining_batches(text.train, batch_size, block_size, seed=seed)

@@ -132,3 +132,29 @@ def test_corpus_from_web_pages_respects_robots(tmp_path: Path, capsys) -> None:
     assert "rich and strange" in text and "SECRET" not in text
     assert "/private/secret.html" not in site.paths  # robots.txt said no: never requested
     assert "robots.txt" in capsys.readouterr().out
+
+
+def test_sft_on_a_vocabulary_without_the_instructions_characters_says_what_to_do(
+    text_file: Path, tmp_path: Path, capsys
+) -> None:
+    assert _train(text_file, tmp_path / "mine", "--max-steps", "2") == 0
+    assert main(["sft", "--ckpt", str(tmp_path / "mine"), "--out", str(tmp_path / "chat"), "--text", str(text_file),
+                 "--steps", "2", "--device", "cpu", "--quiet"]) == 1
+    assert "give --data a JSONL file" in capsys.readouterr().err
+
+
+def test_sft_then_chat(tmp_path: Path, capsys) -> None:
+    pretrained, chat = tmp_path / "pretrained", tmp_path / "chat"
+    assert main(["train", "--dataset", "tinyshakespeare", "--preset", "char-tiny", "--out", str(pretrained),
+                 "--max-steps", "10", "--batch-size", "8", "--eval-interval", "10", "--device", "cpu", "--quiet"]) == 0
+    assert main(["sft", "--ckpt", str(pretrained), "--out", str(chat), "--steps", "6",
+                 "--batch-size", "4", "--device", "cpu", "--quiet"]) == 0
+    report = capsys.readouterr().out
+    assert "Held-out accuracy" in report and "Pretraining validation loss" in report
+    tuned = load_checkpoint(chat)  # a fine-tuned model, loadable on its own
+    before = load_checkpoint(pretrained / "last.pt").model.state_dict()["transformer.wte.weight"]
+    assert not torch.equal(before, tuned.model.state_dict()["transformer.wte.weight"])  # it was trained
+
+    assert main(["chat", "--ckpt", str(chat), "--prompt", "Reverse: to be", "--max-new-tokens", "8",
+                 "--seed", "0", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("model> ")
