@@ -14,7 +14,8 @@ they show exactly what the sampler does): a *tokenizer* is anything with ``encod
 ``train_loss``, ``val_loss`` (and optionally ``lr``, ``tokens``, ``elapsed_s``).
 
 In Jupyter, figures made with pyplot are also shown by the inline backend at the end of the cell,
-so write ``fig = plot_loss(history)`` (or end the line with ``;``) to see the picture once.
+so a bare ``plot_loss(history)`` as the last line shows the picture twice: write
+``fig = plot_loss(history)``, end the line with ``;``, or follow it with ``plt.show()``.
 """
 
 from __future__ import annotations
@@ -375,17 +376,17 @@ def plot_lr_schedule(
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.plot(steps, values, color=TRAIN_COLOR, linewidth=2)
     peak = int(np.argmax(values))
-    ax.annotate(f"peak {values[peak]:.2e}", xy=(peak, values[peak]), xytext=(6, -2),
+    ax.annotate(f"peak {values[peak]:.2e}", xy=(peak, values[peak]), xytext=(8, -12),
                 textcoords="offset points", va="top", fontsize=9)
-    ax.annotate(f"final {values[-1]:.2e}", xy=(steps[-1], values[-1]), xytext=(-4, 6),
-                textcoords="offset points", ha="right", fontsize=9)
+    ax.annotate(f"final {values[-1]:.2e}", xy=(steps[-1], values[-1]), xytext=(0, -6),
+                textcoords="offset points", ha="right", va="top", fontsize=9)
     if warmup_steps:
         ax.axvline(warmup_steps, color=REFERENCE_COLOR, linestyle=":", linewidth=1.2)
         ax.annotate(f"end of warmup (step {warmup_steps})", xy=(warmup_steps, 0.02),
                     xycoords=ax.get_xaxis_transform(), xytext=(4, 0), textcoords="offset points",
                     fontsize=8.5, color=REFERENCE_COLOR)
     ax.set_ylim(bottom=0)
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.1e}" if value else "0"))
     ax.set_xlabel("training step")
     ax.set_ylabel("learning rate")
     ax.set_title(title)
@@ -414,28 +415,35 @@ def _attention_array(weights: Any) -> np.ndarray:
 
 
 def _head_grid(n_heads: int) -> tuple[int, int]:
-    """Rows and columns for a grid of heads: at most 4 columns, 3 when that fills the grid."""
-    n_cols = min(n_heads, 4)
-    if n_heads % n_cols and n_heads % 3 == 0:
-        n_cols = 3
+    """Rows and columns for a grid of heads: at most 4 columns, as few empty cells as possible."""
+    if n_heads <= 4:
+        return 1, n_heads
+    n_cols = min((4, 3), key=lambda cols: (math.ceil(n_heads / cols) * cols - n_heads, -cols))
     return math.ceil(n_heads / n_cols), n_cols
 
 
-def _token_tick_step(n_tokens: int) -> int:
-    """Label every token up to 72 (all 65 characters of TinyShakespeare); beyond, every n-th."""
-    return max(1, math.ceil(n_tokens / 72))
+def _token_tick_layout(n_tokens: int, side_inches: float) -> tuple[int, float]:
+    """Label step and font size for token labels along a heatmap side of ``side_inches``.
+
+    The font grows with the room each row gets (up to 9 pt); when even 6 pt does not fit, only
+    every n-th token is labelled, so labels never overlap.
+    """
+    points_per_token = side_inches * 72 * 0.85 / n_tokens  # the heatmap fills ~85 % of its cell
+    fontsize = float(np.clip(0.85 * points_per_token, 6.0, 9.0))
+    return max(1, math.ceil(fontsize / points_per_token - 0.05)), fontsize
 
 
-def _tick_fontsize(n_tokens: int) -> float:
-    return 9 if n_tokens <= 24 else 8 if n_tokens <= 40 else 7
+def _label_extent_inches(labels: Sequence[str], fontsize: float) -> float:
+    """Roughly how far the longest label reaches (to leave room for it in the figure size)."""
+    longest = max((len(visible_token(label)) for label in labels), default=1)
+    return longest * fontsize * 0.62 / 72
 
 
-def _set_token_ticks(ax: Axes, labels: Sequence[str], *, x: bool, y: bool) -> None:
+def _set_token_ticks(ax: Axes, labels: Sequence[str], side_inches: float, *, x: bool, y: bool) -> None:
     """Token labels on the heatmap's columns (x) and rows (y); hidden where ``x``/``y`` is False."""
-    step = _token_tick_step(len(labels))
+    step, fontsize = _token_tick_layout(len(labels), side_inches)
     positions = list(range(0, len(labels), step))
     shown = [_tick_label(labels[i]) for i in positions]
-    fontsize = _tick_fontsize(len(labels))
     ax.set_xticks(positions, shown if x else [], rotation=_rotation_for(shown), fontsize=fontsize)
     ax.set_yticks(positions, shown if y else [], fontsize=fontsize)
     ax.tick_params(length=0)
@@ -481,8 +489,10 @@ def plot_attention(
     n_rows, n_cols = _head_grid(len(maps))
     cell = float(np.clip(0.24 * n_tokens + 1.0, 2.8, 8.0)) if len(maps) == 1 else \
         float(np.clip(0.15 * n_tokens + 1.0, 2.4, 4.5))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * cell + 1.2, n_rows * cell + 0.9),
-                             squeeze=False)
+    label_room = _label_extent_inches(tokens, _token_tick_layout(n_tokens, cell)[1]) + 0.4
+    x_label_room = label_room if _rotation_for([visible_token(t) for t in tokens]) else 0.4
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
+                             figsize=(n_cols * cell + label_room + 1.3, n_rows * (cell + 0.3) + x_label_room + 0.6))
     flat_axes = list(axes.flat)
     for unused in flat_axes[len(maps):]:
         fig.delaxes(unused)
@@ -493,7 +503,7 @@ def plot_attention(
         image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
         is_bottom = index + n_cols >= len(maps)  # no heatmap below this one
         is_left = index % n_cols == 0
-        _set_token_ticks(ax, tokens, x=is_bottom, y=is_left)
+        _set_token_ticks(ax, tokens, cell, x=is_bottom, y=is_left)
         if name:
             ax.set_title(name, fontsize=10)
         if is_bottom:
@@ -533,11 +543,12 @@ def plot_bigram_counts(
     _check_label_count(labels, size, "tokens")
     annotate = size <= 30 if annotate is None else annotate
     side = float(np.clip(0.17 * size + 2.0, 4.5, 13.0))
-    fig, ax = plt.subplots(figsize=(side + 1.3, side))
+    label_room = _label_extent_inches(labels, _token_tick_layout(size, side)[1]) + 0.4
+    fig, ax = plt.subplots(figsize=(side + label_room + 1.5, side + label_room + 0.5))
     norm = mcolors.LogNorm(vmin=1, vmax=max(float(matrix.max()), 1.0))
     image = ax.imshow(np.ma.masked_equal(matrix, 0), cmap=_blank_cmap(HEATMAP_CMAP), norm=norm,
                       interpolation="nearest")
-    _set_token_ticks(ax, labels, x=True, y=True)
+    _set_token_ticks(ax, labels, side, x=True, y=True)
     if annotate:
         for row, column in zip(*np.nonzero(matrix)):
             value = matrix[row, column]
@@ -556,14 +567,19 @@ def plot_bigram_counts(
 # --------------------------------------------------------------------------------------------
 
 
+#: A faint symbol standing for invisible characters; inline styles, because notebook viewers
+#: (GitHub, Colab previews) drop <style> blocks.
+_WS_MARKER = '<i class="lal-ws" style="font-style:normal;opacity:0.45">{}</i>'
+
+
 def _span_content(token: str) -> str:
     """A token's text as HTML: escaped, whitespace shown as faint symbols, newlines kept."""
     if token == "":
-        return '<i class="lal-ws">∅</i>'
+        return _WS_MARKER.format("∅")
     parts = []
     for char in token:
         if char in _WHITESPACE_SYMBOLS or not char.isprintable():
-            parts.append(f'<i class="lal-ws">{html.escape(visible_token(char))}</i>')
+            parts.append(_WS_MARKER.format(html.escape(visible_token(char))))
             if char == "\n":
                 parts.append("\n")  # the container keeps line breaks, so the text keeps its shape
         else:
@@ -614,8 +630,7 @@ def token_spans_html(
                  f"{len(tokens)} tokens · {n_chars} characters{ratio}</div>")
     body = ('<div style="font-family:monospace;white-space:pre-wrap;line-height:1.9;color:#111;'
             'background:white;padding:6px">' + "".join(spans) + "</div>")
-    style_rule = "<style>.lal-ws{font-style:normal;opacity:0.45}</style>"
-    return HTML(style_rule + stats + body)
+    return HTML(stats + body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -736,8 +751,10 @@ def _sampling_stages(logits: np.ndarray, temperature: float, top_k: int | None,
 
 def _set_bar_labels(ax: Axes, labels: Sequence[str]) -> None:
     shown = [_tick_label(label) for label in labels]
-    rotation = _rotation_for(shown)
-    ax.set_xticks(range(len(shown)), shown, rotation=rotation, fontsize=9 if rotation == 0 else 8.5)
+    if _rotation_for(shown):  # slanted, anchored at the bar: words stay readable and aligned
+        ax.set_xticks(range(len(shown)), shown, rotation=45, ha="right", rotation_mode="anchor", fontsize=9)
+    else:
+        ax.set_xticks(range(len(shown)), shown, fontsize=9)
     ax.grid(False, axis="x")
 
 
@@ -824,8 +841,8 @@ def plot_sampling_filters(
     previous = None
     for ax, (name, probs) in zip(axes, stages):
         if previous is not None:
-            ax.bar(positions, previous[shown], facecolor="none", edgecolor="0.55", linestyle="--",
-                   linewidth=0.9, label="before this step")
+            ax.bar(positions, previous[shown], facecolor="none", edgecolor="0.35", linestyle="--",
+                   linewidth=0.9, zorder=3, label="before this step")  # on top: a lift stays visible
         ax.bar(positions, probs[shown], color=BAR_COLOR, label="after this step")
         ax.set_title(name, fontsize=10, loc="left")
         ax.set_ylabel("probability")
@@ -876,8 +893,11 @@ def plot_parameter_counts(
     for position, total in enumerate(bottoms):
         ax.annotate(_human_count(total), (position, total), xytext=(0, 3), textcoords="offset points",
                     ha="center", va="bottom", fontsize=9, fontweight="bold")
-    if log_y:
+    if log_y:  # start below the smallest first segment, or the axis would clip it away
+        first_segments = [float(next((row[part] for part in parts if row.get(part, 0) > 0), 1))
+                          for row in table.values()]
         ax.set_yscale("log")
+        ax.set_ylim(bottom=min(first_segments) / 3, top=bottoms.max() * 2)
     else:
         ax.set_ylim(top=bottoms.max() * 1.1)
     ax.yaxis.set_major_formatter(FuncFormatter(_human_count))

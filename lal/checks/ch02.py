@@ -21,8 +21,6 @@ from lal.tokenizers import get_pair_counts as _reference_counts
 from lal.tokenizers import most_frequent_pair as _reference_most_frequent
 
 
-
-
 def _short(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"<tensor of shape {tuple(value.shape)}>"
@@ -55,7 +53,7 @@ def check_get_pair_counts(candidate: Callable[[list[int]], Mapping]) -> None:
     cases += [(_random_ids(rng, 40, 4), "a random sequence with many repeated pairs") for _ in range(5)]
     for ids, what in cases:
         before = list(ids)
-        result = call(candidate, "get_pair_counts", ids)
+        result = call(candidate, "get_pair_counts", ids, hint=f"The case: {what}.")
         if ids != before:
             raise AssertionError("`get_pair_counts` changed its input list: count the pairs without modifying `ids`.")
         if not isinstance(result, Mapping):
@@ -143,7 +141,7 @@ def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[
         cases.append((ids, (ids[3], ids[4]), 99, "a random sequence with many repeats"))
     for ids, pair, new_id, what in cases:
         before = list(ids)
-        result = call(candidate, "bpe_merge", ids, pair, new_id)
+        result = call(candidate, "bpe_merge", ids, pair, new_id, hint=f"The case: {what}.")
         if ids != before:
             raise AssertionError(
                 f"`bpe_merge` changed its input list (called with ids={before}, pair={pair}). The caller still "
@@ -217,14 +215,10 @@ def _train_counted_once(text: str, num_merges: int) -> list[tuple[tuple[int, int
     return [(pair, 256 + i) for i, pair in enumerate(ranked)]
 
 
-def _describe_merges(merges: Any) -> str:
-    return _short(merges)
-
-
 def check_train_bpe(candidate: Callable[[str, int], list]) -> None:
     """Check ``train_bpe(text, num_merges)`` against byte-level BPE built from ``lal.tokenizers``."""
     for text, num_merges, what in _TRAIN_CASES:
-        result = call(candidate, "train_bpe", text, num_merges)
+        result = call(candidate, "train_bpe", text, num_merges, hint=f"The case: {what}.")
         if not isinstance(result, list):
             raise AssertionError(f"`train_bpe` should return a list of ((left, right), new_id) tuples, got "
                                  f"{type(result).__name__}.")
@@ -254,8 +248,8 @@ def check_train_bpe(candidate: Callable[[str, int], list]) -> None:
         elif len(result) < len(expected):
             hint = f" You returned {len(result)} merges, expected {len(expected)}."
         raise AssertionError(
-            f"train_bpe({text!r}, {num_merges}) returned {_describe_merges(result)},\n"
-            f"expected {_describe_merges(expected)}.\nThe case: {what}.{hint}"
+            f"train_bpe({text!r}, {num_merges}) returned {_short(result)},\n"
+            f"expected {_short(expected)}.\nThe case: {what}.{hint}"
         )
     passed("train_bpe", len(_TRAIN_CASES))
 
@@ -282,7 +276,7 @@ def check_embedding_lookup_as_matmul(candidate: Callable[[torch.Tensor, torch.Te
         learner_weight = weight.clone().requires_grad_(True)
         reference_weight = weight.clone().requires_grad_(True)
         ids_before = ids.clone()
-        result = call(candidate, "embedding_lookup_as_matmul", ids, learner_weight)
+        result = call(candidate, "embedding_lookup_as_matmul", ids, learner_weight, hint=f"The case: {what}.")
         if not isinstance(result, torch.Tensor):
             raise AssertionError(f"`embedding_lookup_as_matmul` should return a tensor, got {type(result).__name__}.")
         expected = F.embedding(ids, reference_weight)
