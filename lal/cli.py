@@ -235,23 +235,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed,
     )
-    messages = [args.prompt] if args.prompt is not None else None
-    while True:
-        if messages is not None:
-            if not messages:
-                return 0
-            message = messages.pop()
-        else:
-            try:
-                message = input("you> ")
-            except EOFError:
-                print()
-                return 0
-            if not message.strip():
-                return 0
+
+    def reply(message: str) -> None:
         print("model> ", end="", flush=True)
         chat_reply(checkpoint.model, checkpoint.tokenizer, message, stream_to=_print_stream, **sampling)
         print()
+
+    if args.prompt is not None:
+        reply(args.prompt)
+        return 0
+    while True:
+        try:
+            message = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        if not message.strip():
+            return 0
+        reply(message)
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:

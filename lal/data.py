@@ -681,18 +681,19 @@ def prepare_text_data(
     specials = CHAT_SPECIAL_TOKENS if special_tokens is None else special_tokens
     streamed = path.stat().st_size > STREAM_THRESHOLD_BYTES
 
+    text = None if streamed else load_text(path)  # read once: the tokenizer learns from it, then encodes it
     if tokenizer is None:
         if tokenizer_kind == "tiktoken":
             tokenizer = build_tokenizer("tiktoken")
         else:
-            sample = _tokenizer_sample(path, tokenizer_kind) if streamed else load_text(path)
+            sample = _tokenizer_sample(path, tokenizer_kind) if streamed else text
             tokenizer = build_tokenizer(tokenizer_kind, text=sample, vocab_size=vocab_size, special_tokens=specials)
 
     if streamed:
         out = Path(token_file) if token_file is not None else path.with_suffix(".tokens.bin")
         tokens: TokenData = open_token_file(encode_file_to_tokens(path, tokenizer, out))
     else:
-        tokens = torch.tensor(tokenizer.encode(load_text(path), allowed_special=None), dtype=torch.long)
+        tokens = torch.tensor(tokenizer.encode(text, allowed_special=None), dtype=torch.long)
     train, val = split_train_val(tokens, val_fraction)
     return TokenizedText(tokenizer=tokenizer, train=train, val=val, description=description)
 

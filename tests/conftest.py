@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")  # tests never open windows
 
@@ -20,3 +21,13 @@ def shakespeare() -> str:
     from lal.data import load_text
 
     return load_text("tinyshakespeare")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny models on one thread: as fast as several, and no stalls when other
+    programs compete for the cores (the threads of one operation then wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

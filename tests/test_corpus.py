@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 
 import pytest
 
@@ -17,6 +15,7 @@ from lal.corpus import (
     extract_main_text,
     fetch_pages,
 )
+from local_server import LocalServer
 
 ARTICLE_PAGE = """<!DOCTYPE html>
 <html><head><title>Page title</title><style>body { color: red; }</style>
@@ -89,44 +88,7 @@ def test_extract_main_text_separates_table_cells():
 # --------------------------------------------------------------------------- a local web server
 
 
-class LocalSite:
-    """An HTTP server on 127.0.0.1 (random port) serving fixed pages and logging every request."""
-
-    def __init__(self, routes: dict[str, tuple[int, str, bytes]]) -> None:
-        self.routes = routes
-        self.log: list[tuple[str, str]] = []  # (path, User-Agent)
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
-                owner.log.append((self.path, self.headers.get("User-Agent", "")))
-                status, content_type, body = owner.routes.get(self.path, (404, "text/plain", b"not found"))
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    @property
-    def paths(self) -> list[str]:
-        return [path for path, _ in self.log]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def site_with(robots: tuple[int, str, bytes] | None = None) -> LocalSite:
+def site_with(robots: tuple[int, str, bytes] | None = None) -> LocalServer:
     routes = {
         "/page.html": (200, "text/html; charset=utf-8", ARTICLE_PAGE.encode("utf-8")),
         "/private/secret.html": (200, "text/html", b"<p>SECRET</p>"),
@@ -135,7 +97,7 @@ def site_with(robots: tuple[int, str, bytes] | None = None) -> LocalSite:
     }
     if robots is not None:
         routes["/robots.txt"] = robots
-    return LocalSite(routes)
+    return LocalServer(routes)
 
 
 @pytest.fixture

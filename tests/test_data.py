@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import torch
 
 from lal import data
 from lal.data import DATASETS, DatasetInfo, DownloadError
+from local_server import LocalServer
 
 BODY = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n".encode("utf-8") * 50
 BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
@@ -25,48 +23,10 @@ BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
 # --------------------------------------------------------------------------- a local web server
 
 
-class LocalServer:
-    """An HTTP server on 127.0.0.1 (random port) that serves fixed routes and logs every request."""
-
-    def __init__(self, routes: dict[str, tuple[int, bytes]], delay_s: float = 0.0) -> None:
-        self.routes = routes
-        self.delay_s = delay_s
-        self.log: list[tuple[str, str]] = []  # (path, User-Agent)
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
-                owner.log.append((self.path, self.headers.get("User-Agent", "")))
-                time.sleep(owner.delay_s)
-                status, body = owner.routes.get(self.path, (404, b"not found"))
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except ConnectionError:  # the client gave up first (the timeout test)
-                    pass
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    srv = LocalServer({"/shakes.txt": (200, BODY), "/wrong.txt": (200, b"<html>error page</html>")})
+    srv = LocalServer({"/shakes.txt": (200, "text/plain", BODY),
+                       "/wrong.txt": (200, "text/plain", b"<html>error page</html>")})
     yield srv
     srv.close()
 
@@ -168,7 +128,7 @@ def test_http_error_names_the_status(server, dirs, monkeypatch):
 
 
 def test_slow_server_times_out(dirs):
-    slow = LocalServer({"/shakes.txt": (200, BODY)}, delay_s=1.0)
+    slow = LocalServer({"/shakes.txt": (200, "text/plain", BODY)}, delay_s=1.0)
     try:
         info = DatasetInfo("slow", slow.url("/shakes.txt"), BODY_SHA256, "slow.txt")
         with pytest.raises(DownloadError, match="timed out after 0.2 s"):

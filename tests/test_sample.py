@@ -29,13 +29,7 @@ BLOCK_SIZE = 16
 MODEL_SEEDS = (1, 13, 20)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread; several threads mostly wait for each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.py)
 
 
 def tiny_gpt(seed: int = MODEL_SEEDS[0], weight_std: float = 0.5) -> GPT:

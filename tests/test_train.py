@@ -30,14 +30,7 @@ from lal.train import (
 WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "death", "now"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train as fast on one thread, and one thread does not stall when other programs
-    compete for the cores (threads of one operation then wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.py)
 
 
 def make_text(n_words: int = 3000, seed: int = 0) -> str:
