@@ -10,9 +10,15 @@ also computes what the classic mistakes would give (a softmax over the wrong axi
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import types
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 #: (what the learner did wrong, the output that mistake gives), tried in order.
 Mistakes = list[tuple[str, torch.Tensor]]
@@ -25,10 +31,113 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def call(candidate: Callable[..., Any], name: str, *args: Any, hint: str = "", **kwargs: Any) -> Any:
-    """Call the learner's function: a stub not written yet, or a crash, becomes a clear failure."""
+# --------------------------------------------------------------------------- the exercise's rules
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    """A rule of an exercise: what the learner's function may not call, and why.
+
+    ``torch_names`` are matched against the ``__name__`` of every torch function and tensor method
+    the learner's code reaches (through ``__torch_function__``, which every public torch API goes
+    through): an alias such as ``from torch.nn.functional import layer_norm as ln`` is still the
+    function ``layer_norm``, and the method ``x.log_softmax()``, the functions
+    ``torch.log_softmax``, ``F.log_softmax`` and ``torch.special.log_softmax`` (``special_log_softmax``)
+    all carry the name. ``python_functions`` are plain Python functions or classes (a class
+    stands for its ``__init__``), matched by their code object, so aliases cannot dodge them either.
+    ``predicate`` narrows a torch name to some calls only: it gets the call's arguments and says
+    whether this call breaks the rule (``weight[ids]`` is forbidden, ``weight[0]`` is not).
+    """
+
+    what: str  # how the learner would write it, for the message: "F.layer_norm"
+    why: str  # the exercise's reason: "the exercise asks you to compute the mean and variance yourself"
+    torch_names: tuple[str, ...] = ()
+    python_functions: tuple[Callable[..., Any], ...] = ()
+    predicate: Callable[[tuple[Any, ...], dict[str, Any]], bool] | None = None
+
+
+class ForbiddenCallError(AssertionError):
+    """Raised inside the learner's function at the moment it calls something its exercise forbids."""
+
+
+def _code_of(function: Callable[..., Any]) -> types.CodeType:
+    target = function.__init__ if isinstance(function, type) else function  # type: ignore[misc]
+    target = getattr(target, "__func__", target)
+    code = getattr(target, "__code__", None)
+    if code is None:
+        raise TypeError(f"Forbidden.python_functions takes Python functions or classes, got {function!r}.")
+    return code
+
+
+def _violation(rule: Forbidden, name: str) -> ForbiddenCallError:
+    return ForbiddenCallError(
+        f"`{name}` calls {rule.what}, which this exercise does not allow: {rule.why}. "
+        "Build it from the operations the chapter used instead."
+    )
+
+
+class _RuleMode(TorchFunctionMode):
+    """Sees every torch function and tensor method called while it is active."""
+
+    def __init__(self, rules: Sequence[Forbidden], name: str) -> None:
+        super().__init__()
+        self.rules = [rule for rule in rules if rule.torch_names]
+        self.name = name
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's protocol)
+        kwargs = kwargs or {}
+        called = getattr(func, "__name__", "")
+        for rule in self.rules:
+            if called in rule.torch_names and (rule.predicate is None or rule.predicate(args, kwargs)):
+                raise _violation(rule, self.name)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def forbid(rules: Sequence[Forbidden], name: str) -> Iterator[None]:
+    """While active, a call that breaks one of ``rules`` raises :class:`ForbiddenCallError`.
+
+    Torch calls are watched by a :class:`~torch.overrides.TorchFunctionMode`, Python functions by
+    a profile hook (``sys.setprofile``) that compares code objects; both are removed on exit,
+    whatever happens, and the previous profile hook is restored.
+    """
+    codes = {_code_of(function): rule for rule in rules for function in rule.python_functions}
+    previous_profile = sys.getprofile()
+
+    def profile(frame: types.FrameType, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code in codes:
+            sys.setprofile(previous_profile)  # report once, and let the error unwind normally
+            raise _violation(codes[frame.f_code], name)
+
+    with _RuleMode(rules, name):
+        if codes:
+            sys.setprofile(profile)
+        try:
+            yield
+        finally:
+            if codes:
+                sys.setprofile(previous_profile)
+
+
+# --------------------------------------------------------------------------- calling the learner's code
+
+
+def call(
+    candidate: Callable[..., Any],
+    name: str,
+    *args: Any,
+    hint: str = "",
+    forbidden: Sequence[Forbidden] = (),
+    **kwargs: Any,
+) -> Any:
+    """Call the learner's function: a stub not written yet, or a crash, becomes a clear failure.
+
+    ``forbidden`` holds the exercise's rules (:class:`Forbidden`): a call that breaks one fails
+    with a message that names what was called and why the exercise asks for it by hand.
+    """
     try:
-        return candidate(*args, **kwargs)
+        with forbid(forbidden, name):
+            return candidate(*args, **kwargs)
     except NotImplementedError:
         raise AssertionError(
             f"`{name}` is not written yet: replace the `raise NotImplementedError(...)` line with "
