@@ -32,6 +32,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from lal.device import ThreadFitter
 from lal.model import GPT
 from lal.tokenizers import Tokenizer
 
@@ -390,7 +391,9 @@ def _token_loop(
     step = _cached_step if use_kv_cache else _plain_step
     with _eval_inference(model):
         context = _Context(model, window, use_cache=use_kv_cache)
+    fit_threads = ThreadFitter()  # follow other programs' CPU use (lal/_cpu_load.py)
     for _ in range(max_new_tokens):
+        fit_threads()
         with _eval_inference(model):
             token = choose(step(model, context))  # (1, 1)
             token_id = int(token.item())

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from lal.checkpoint import CheckpointError, load_model_state, read_checkpoint, save_checkpoint, unwrap_model
 from lal.data import batches_from_windows, eval_windows, get_batch
-from lal.device import autocast, configure_backends, needs_grad_scaler, pick_device
+from lal.device import ThreadFitter, autocast, configure_backends, needs_grad_scaler, pick_device
 from lal.model import GPT
 from lal.tokenizers import Tokenizer
 
@@ -418,6 +418,8 @@ class _Trainer:
         self.step_grad_norms: list[torch.Tensor] = []
         # Reading a CPU tensor costs nothing, so there a NaN is caught before it reaches the weights.
         self.check_every_step = _reads_are_free(self.device)
+        # Follow other programs' CPU use, so a busy machine does not stall torch's threads.
+        self.fit_threads = ThreadFitter()
 
     # ------------------------------------------------------------------ the loop
 
@@ -465,6 +467,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         self.step_losses.append(step_loss)
+        self.fit_threads()
 
     def _micro_batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The ``grad_accum_steps`` micro-batches of optimiser step ``step``, counting their tokens."""
