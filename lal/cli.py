@@ -17,7 +17,9 @@ import argparse
 import errno
 import json
 import math
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -36,6 +38,43 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, and never breaks an example command in the middle of an argument.
+
+    Prose is wrapped to the terminal as usual; a line that is a ``lal`` command (an example) is
+    broken only before a ``--flag``, with a shell continuation, so it can be copied as it is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.nargs == 0 or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            command_at = line.find("lal ")
+            if command_at >= 0 and line[:command_at].strip() in ("", "Example:"):
+                lines += _wrap_command(indent + line, width)
+            else:
+                lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent))
+        return "\n".join(lines)
+
+
+def _wrap_command(line: str, width: int) -> list[str]:
+    """``line`` broken before ``--flags`` so no piece is longer than ``width``, joined with `` \\``."""
+    pieces = re.split(r" (?=--)", line)
+    lines = [pieces[0]]
+    for piece in pieces[1:]:
+        if len(lines[-1]) + 1 + len(piece) + 2 <= width:
+            lines[-1] += " " + piece
+        else:
+            lines[-1] += " \\"
+            lines.append("    " + piece)
+    return lines
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -76,12 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="folder for metrics and checkpoints")
     train.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     train.add_argument("--target-val-loss", type=finite_float, default=None, help="stop once validation loss reaches this")
-    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None, help="windows per step (default: the preset's)")
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
-    train.add_argument("--lr", type=finite_float, default=None, help="peak learning rate")
-    train.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations")
-    train.add_argument("--patience", type=int, default=None, help="stop after this many evaluations without improvement")
-    train.add_argument("--grad-accum-steps", type=int, default=None, help="micro-batches per optimizer step")
+    train.add_argument("--lr", type=finite_float, default=None, help="peak learning rate (default: the preset's)")
+    train.add_argument("--eval-interval", type=int, default=None,
+                       help="steps between evaluations (default: the preset's)")
+    train.add_argument("--patience", type=int, default=None,
+                       help="stop after this many evaluations without improvement (default: the preset's)")
+    train.add_argument("--grad-accum-steps", type=int, default=None,
+                       help="micro-batches per optimizer step (default: the preset's)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
     train.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 1337)")
@@ -114,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretraining = sft.add_mutually_exclusive_group()
     pretraining.add_argument("--dataset", default=None, help="pretraining dataset to mix in (default: tinyshakespeare)")
     pretraining.add_argument("--text", type=Path, default=None, help="or your own text the model was pretrained on")
-    sft.add_argument("--steps", type=int, default=600)
-    sft.add_argument("--batch-size", type=int, default=32)
-    sft.add_argument("--lr", type=finite_float, default=1e-3)
+    sft.add_argument("--steps", type=int, default=600, help="fine-tuning steps")
+    sft.add_argument("--batch-size", type=int, default=32, help="conversations per step")
+    sft.add_argument("--lr", type=finite_float, default=1e-3, help="peak learning rate")
     sft.add_argument("--mix-ratio", type=finite_float, default=0.2, help="share of batches from pretraining text (default 0.2)")
-    sft.add_argument("--device", default=None)
-    sft.add_argument("--seed", type=int, default=1337)
+    sft.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    sft.add_argument("--seed", type=int, default=1337, help="random seed")
     sft.add_argument("--quiet", action="store_true", help="no progress bar")
 
     chat = commands.add_parser(
@@ -127,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk to a fine-tuned model",
         description="An interactive chat loop with a fine-tuned model (empty line or Ctrl-D to quit).",
     )
-    chat.add_argument("--ckpt", type=Path, required=True)
+    chat.add_argument("--ckpt", type=Path, required=True, help="the fine-tuned checkpoint or its folder")
     chat.add_argument("--prompt", default=None, help="answer this one message and exit")
     _add_sampling_options(chat)
 
@@ -155,16 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure training speed on this machine",
         description="Time training steps of a preset: tokens/s, MFU and peak memory.",
     )
-    bench.add_argument("--preset", default="char-tiny")
+    bench.add_argument("--preset", default="char-tiny", help="model size, see `lal presets`")
     bench.add_argument("--vocab-size", type=int, default=None, help="default: 65 for char presets, 50257 otherwise")
-    bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument("--block-size", type=int, default=None)
-    bench.add_argument("--steps", type=int, default=20)
-    bench.add_argument("--device", default=None)
-    bench.add_argument("--compile", action="store_true")
+    bench.add_argument("--batch-size", type=int, default=32, help="windows per step")
+    bench.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
+    bench.add_argument("--steps", type=int, default=20, help="timed training steps")
+    bench.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model first (GPU)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    commands.add_parser("presets", help="list the model presets and their sizes")
+    commands.add_parser(
+        "presets",
+        help="list the model presets and their sizes",
+        description="List the model presets: layers, heads, width, context length and parameters "
+        "(char presets counted with a 65-character vocabulary, BPE presets with GPT-2's 50,257 tokens). "
+        "Pass a name to `lal train --preset` or `lal bench --preset`.",
+    )
+    for command_parser in commands.choices.values():
+        command_parser.formatter_class = HelpFormatter
     return parser
 
 
