@@ -258,3 +258,34 @@ def test_corpus_deadline_stops_a_trickling_server(tmp_path):
         server.close()
     assert_clear_error(result, 1, "would be empty")
     assert elapsed < 30
+
+
+def test_nan_loss_stops_with_advice_that_fits_the_settings(tmp_path, text_file):
+    inject = (
+        "import lal.model as model\n"
+        "plain = model.GPT.forward\n"
+        "def poisoned(self, *a, **k):\n"
+        "    logits, loss = plain(self, *a, **k)\n"
+        "    return logits, None if loss is None else loss * float('nan')\n"
+        "model.GPT.forward = poisoned"
+    )
+    result = lal("train", "--text", str(text_file), "--out", str(tmp_path / "r"), "--max-steps", "20", *TINY_RUN,
+                 inject=inject)
+    message = assert_clear_error(result, 1, "NaN or infinite", "lower learning rate")
+    assert "grad_clip=1.0" not in message  # clipping at 1.0 is already the default: not advice
+
+
+def test_a_damaged_cached_dataset_is_not_called_a_network_failure(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tinyshakespeare.txt").write_text("damaged", encoding="utf-8")
+    inject = (  # the download goes to a closed port: the same answer as a machine offline
+        "import os, dataclasses, lal.data as data\n"
+        "os.environ.pop('LAL_DATA_DIR', None); os.environ['LAL_CACHE_DIR'] = " + repr(str(cache)) + "\n"
+        "data.DATASETS['tinyshakespeare'] = dataclasses.replace(data.DATASETS['tinyshakespeare'], "
+        "url='http://127.0.0.1:9/tinyshakespeare.txt')"
+    )
+    result = lal("train", "--dataset", "tinyshakespeare", "--out", str(tmp_path / "r"), "--max-steps", "5",
+                 *TINY_RUN, inject=inject)
+    assert_clear_error(result, 1, "cached copy", "does not match the SHA-256")
+    assert (cache / "tinyshakespeare.txt").read_text(encoding="utf-8") == "damaged"
