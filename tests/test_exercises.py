@@ -162,3 +162,35 @@ def test_llama_reference_counts_real_modules() -> None:
     }
     real["total"] = sum(real.values())
     assert llama_reference(config, hidden) == real
+
+
+def _junk_answers():
+    """Answers of the wrong kind: each must get an AssertionError from the check, never a crash inside it."""
+
+    def returns_none(*args, **kwargs):
+        return None
+
+    def returns_text(*args, **kwargs):
+        return "42"
+
+    def returns_empty_tensor(*args, **kwargs):
+        return torch.empty(0)
+
+    def returns_integers(*args, **kwargs):
+        return torch.zeros(2, 3, dtype=torch.long)
+
+    def returns_nan(*args, **kwargs):
+        return torch.tensor(float("nan"))
+
+    def raises_key_error(*args, **kwargs):
+        raise KeyError("oops")
+
+    return [returns_none, returns_text, returns_empty_tensor, returns_integers, returns_nan, raises_key_error]
+
+
+@pytest.mark.parametrize("check_name", sorted({p.values[1] for p in ALL_EXERCISES}))
+@pytest.mark.parametrize("junk", _junk_answers(), ids=lambda f: f.__name__)
+def test_a_wrong_kind_of_answer_gets_a_message_not_a_crash(check_name, junk) -> None:
+    with pytest.raises(AssertionError) as failure:
+        getattr(lal.checks, check_name)(junk)
+    assert str(failure.value).strip(), "an empty message helps nobody"
