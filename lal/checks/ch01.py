@@ -396,6 +396,11 @@ def check_sample_bigram(sample_bigram: Callable[..., Any]) -> None:
                     "You sampled from a COLUMN of probs: the distribution of the token after id a is the ROW "
                     "probs[a] (rows sum to 1)."
                 )
+            elif actual == _walk(certain, 2, 12, lambda row: min(int(torch.argmax(row)) + 1, 4)):
+                message = (
+                    "Your ids are one too high: the sampled id is the NUMBER of cumulative sums that are ≤ u "
+                    "(id j when c[j − 1] ≤ u < c[j]), with no + 1 — id 0 is drawn when u < c[0]."
+                )
             elif actual == _column_cumsum_walk(certain, 2, 12):
                 message = (
                     "You took the cumulative sum down the COLUMNS (dim=0): each ROW is a distribution, so "

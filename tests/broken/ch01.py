@@ -348,7 +348,7 @@ BROKEN = {
         (greedy, r"argmax, which is greedy decoding"),
         (global_rng, r"seeded alike gave different ids"),
         (includes_start, r"starts with start_id"),
-        (one_past_the_stretch, r"did not follow the chain"),
+        (one_past_the_stretch, r"one too high"),
         (cumsum_over_rows, r"down the COLUMNS \(dim=0\)"),
         (uniform, r"did not follow the chain"),
         (uses_multinomial, r"does not allow"),

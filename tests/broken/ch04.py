@@ -332,7 +332,7 @@ def builds_modules(config, mlp_hidden):
 BROKEN = {
     "check_layer_norm": [
         (unbiased_variance, r"unbiased variance"),
-        (std_plus_eps, r"unbiased variance|eps is outside the square root"),
+        (std_plus_eps, r"unbiased variance.*x\.std\(\) \+ eps"),
         (eps_outside_sqrt, r"eps is outside the square root"),
         (ignores_eps, r"ignored eps"),
         (hard_coded_eps, r"use the `eps` argument"),
