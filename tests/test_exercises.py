@@ -68,6 +68,15 @@ def test_exercises_are_generated_from_solutions() -> None:
     assert not stale, f"exercises/ is out of date for {stale}: run `make exercises`"
 
 
+@pytest.mark.parametrize("path", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+def test_solutions_check_a_key_result(path) -> None:
+    """Beyond the checks, each solutions notebook compares a result CI can verify (nbval) and asserts it."""
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    checked = [source for source in cells if source.startswith("# NBVAL_CHECK_OUTPUT")]
+    assert checked, f"{path.name}: mark a cell whose output is a key result with # NBVAL_CHECK_OUTPUT"
+    assert any("assert " in source for source in checked), f"{path.name}: assert the key result in its cell"
+
+
 def test_every_chapter_has_exercises() -> None:
     assert len(ALL_EXERCISES) >= 3 * len(SOLUTIONS)
 

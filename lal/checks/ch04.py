@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import torch
 import torch.nn as nn

@@ -44,7 +44,10 @@ class Forbidden:
     function ``layer_norm``, and the method ``x.log_softmax()``, the functions
     ``torch.log_softmax``, ``F.log_softmax`` and ``torch.special.log_softmax`` (``special_log_softmax``)
     all carry the name. ``python_functions`` are plain Python functions or classes (a class
-    stands for its ``__init__``), matched by their code object, so aliases cannot dodge them either.
+    stands for its ``__init__``), matched by their code object, so aliases cannot dodge them either
+    (nor can a subclass, whose ``__init__`` runs the forbidden one). Private and operator spellings
+    of a torch name (``torch.ops.aten._log_softmax``, ``native_layer_norm``) match the public name
+    (:func:`canonical_name`).
     ``predicate`` narrows a torch name to some calls only: it gets the call's arguments and says
     whether this call breaks the rule (``weight[ids]`` is forbidden, ``weight[0]`` is not).
     """

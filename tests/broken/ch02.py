@@ -1,7 +1,5 @@
 """Chapter 2's classic mistakes: every function here must fail its check, with the message its pattern names."""
 
-import random
-
 import torch
 import torch.nn.functional as F
 
