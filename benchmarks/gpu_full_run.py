@@ -42,8 +42,8 @@ TARGET = 1.47
 NANOGPT = dict(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
                weight_decay=0.1, grad_clip=1.0, eval_interval=100, eval_windows=256)
 CANDIDATES = {
-    "b128-lr2e-3-2500": dict(NANOGPT, max_steps=2500, batch_size=128, lr=2e-3, min_lr=2e-4),
     "b256-lr2e-3-1400": dict(NANOGPT, max_steps=1400, batch_size=256, lr=2e-3, min_lr=2e-4, eval_interval=50),
+    "b128-lr2e-3-2500": dict(NANOGPT, max_steps=2500, batch_size=128, lr=2e-3, min_lr=2e-4),
 }
 BENCH = [("char-medium", 64), ("bpe-medium", 16), ("lal", 16)]
 
