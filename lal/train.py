@@ -12,10 +12,12 @@ The loop is the one chapter 5 builds by hand, plus what a real run needs:
   evaluations without improvement (early stopping), or when a callback asks;
 * **divergence**: a NaN or infinite loss stops training at once with :class:`TrainingDivergedError`;
   nothing is saved after the last good evaluation, so ``last.pt`` still holds good weights;
-* **speed**: mixed precision where the device has it (bf16 on CUDA, fp16 with a gradient scaler
-  on older GPUs), fused attention and fused AdamW, optional ``torch.compile``, and no host-device
-  synchronisation between evaluations on a GPU (losses are summed on the device and read at
-  evaluation time).
+* **speed**: mixed precision where the device has it (bf16 on CUDA GPUs that compute it natively,
+  fp16 with a gradient scaler on older ones; ``TrainConfig.precision`` overrides), fused attention
+  and fused AdamW, optional ``torch.compile``, and no host-device synchronisation between
+  evaluations on a GPU (losses are summed on the device and read at evaluation time);
+* **several processes**: under ``torchrun`` the model is wrapped in DistributedDataParallel, each
+  rank draws its own windows, evaluation is shared and only rank 0 writes (``lal.distributed``).
 
 The ``train_loss`` reported at an evaluation is the mean loss of the training batches since the
 previous evaluation. It costs nothing extra (those losses were computed anyway), but it is an
