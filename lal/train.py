@@ -448,11 +448,6 @@ class _Trainer:
         # (not across processes: one rank stopping alone would leave the others waiting forever).
         self.check_every_step = _reads_are_free(self.device) and not self.dist.is_distributed
 
-    @property
-    def global_batch_size(self) -> int:
-        """Windows per optimiser step, over all micro-batches and all processes."""
-        return self.cfg.batch_size * self.cfg.grad_accum_steps * self.dist.world_size
-
     # ------------------------------------------------------------------ the loop
 
     def run(self, resume: bool) -> History:
