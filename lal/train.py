@@ -723,10 +723,17 @@ def train(
 
     ``resume=True`` continues from ``out_dir/last.pt``: weights, optimizer, step, history and
     random-generator states, so the result equals a run that was never interrupted.
-    Raises :class:`TrainingDivergedError` if the loss becomes NaN or infinite.
+    Raises :class:`TrainingDivergedError` if the loss becomes NaN or infinite, and
+    ``torch.OutOfMemoryError`` with the settings to lower when a step does not fit in memory.
     """
     trainer = _Trainer(model, train_data, val_data, cfg or TrainConfig(), tokenizer, tuple(callbacks))
-    return trainer.run(resume)
+    try:
+        return trainer.run(resume)
+    except torch.OutOfMemoryError as error:  # say which setting to lower, not only how many bytes were missing
+        from lal.plan import out_of_memory_advice
+
+        advice = out_of_memory_advice(trainer.cfg, trainer.block_size, trainer.device)
+        raise torch.OutOfMemoryError(f"{advice} ({str(error).splitlines()[0][:200]})") from error
 
 
 #: The run object behind :func:`train`, public for tools that time or plan single steps.
