@@ -512,7 +512,7 @@ class _Trainer:
         """Evaluate, record, save, notify callbacks; return True when training should stop."""
         cfg, state = self.cfg, self.state
         train_loss = self._mean_and_check(self.step_losses, check=True)
-        grad_norm = self._mean_and_check(self.step_grad_norms, check=False)  # finite norms only: see there
+        grad_norm = self._mean_and_check(self.step_grad_norms, check=False)
         self.step_losses, self.step_grad_norms = [], []
         val_loss = self._validation_loss()
         elapsed_s = state.elapsed_before_s + time.perf_counter() - start_time
