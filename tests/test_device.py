@@ -128,6 +128,13 @@ def test_compile_without_triton_on_a_gpu_trains_uncompiled_and_says_so(hardware,
     assert compiled is not model and compiled._orig_mod is model
 
 
+def test_describe_environment_tells_a_t4_it_gets_fp16_with_a_scaler(hardware) -> None:
+    hardware.cuda, hardware.bf16, hardware.name = True, False, "Tesla T4"
+    assert "device  cuda (Tesla T4; no native bf16: fp16 autocast with a gradient scaler)" in describe_environment()
+    hardware.bf16, hardware.name = True, "NVIDIA L4"
+    assert "device  cuda (NVIDIA L4; bf16 autocast)" in describe_environment()
+
+
 def test_autocast_on_cpu_changes_nothing() -> None:
     a = torch.randn(4, 4)
     with autocast("cpu"):
@@ -152,9 +159,3 @@ def test_describe_environment_names_the_essentials(hardware) -> None:
     assert "device  cpu" in text and "no bf16" in text
     assert f"threads {torch.get_num_threads()}" in text
 
-
-def test_describe_environment_tells_a_t4_it_gets_fp16_with_a_scaler(hardware) -> None:
-    hardware.cuda, hardware.bf16, hardware.name = True, False, "Tesla T4"
-    assert "device  cuda (Tesla T4; no native bf16: fp16 autocast with a gradient scaler)" in describe_environment()
-    hardware.bf16, hardware.name = True, "NVIDIA L4"
-    assert "device  cuda (NVIDIA L4; bf16 autocast)" in describe_environment()
