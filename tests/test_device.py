@@ -158,4 +158,3 @@ def test_describe_environment_names_the_essentials(hardware) -> None:
     assert "Python" in text and "lal" in text
     assert "device  cpu" in text and "no bf16" in text
     assert f"threads {torch.get_num_threads()}" in text
-
