@@ -430,7 +430,7 @@ class _Trainer:
         self.step_model = self.eval_model
         if self.dist.is_distributed:  # gradients averaged across processes after each backward
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_model = DistributedDataParallel(self.eval_model, device_ids=device_ids, broadcast_buffers=False)
+            self.step_model = DistributedDataParallel(self.eval_model, device_ids=device_ids)
         self.optimizer = make_optimizer(self.model, cfg)
         # Only float16 needs loss scaling; everywhere else the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.device, cfg.precision))
