@@ -13,12 +13,13 @@ CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
 # JupyterLab refuses to start as root (containers, cloud VMs) unless told that it is meant.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: help install lab test unit notebooks-test exercises notebooks headers bench clean
+.PHONY: help install lab test test-browser unit notebooks-test exercises notebooks headers bench clean
 
 help:
 	@echo "make lab        install (first time only) and start JupyterLab in notebooks/"
 	@echo "                (add TORCH=cpu on a machine without an NVIDIA GPU: a much smaller install)"
 	@echo "make test       install (first time only) and run all tests"
+	@echo "make test-browser  JupyterLab in Chromium: run every widget notebook, turn its sliders"
 	@echo "make unit       unit tests of the lal package only"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make notebooks  re-execute every chapter and solutions notebook in place"
@@ -43,6 +44,11 @@ lab: install
 test: install
 	$(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(NOTEBOOK_TIMEOUT) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+
+# Needs a Chromium from the system's package manager (apt-get install chromium) or LAL_CHROMIUM.
+test-browser: install
+	$(PYTHON) -m pip install --quiet -e ".[browser]"
+	LAL_BROWSER_TESTS=1 $(PYTHON) -m pytest tests/browser -q
 
 unit: install
 	$(PYTHON) -m pytest tests -q

@@ -14,6 +14,7 @@ Every command is a thin layer over the package, so what the notebooks teach is w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import math
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from lal import __version__
+from lal.device import PRECISIONS
 
 EPILOG = "Run `lal COMMAND --help` for the options of one command. Docs: README.md in the repository."
 
@@ -38,6 +40,10 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+#: A line of help that shows a command to type: "Example: lal train …", "Several GPUs: torchrun …".
+COMMAND_LINE = re.compile(r"^(?:[A-Z][\w ]*: )?(?:lal|torchrun|python) ")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -56,8 +62,7 @@ class HelpFormatter(argparse.HelpFormatter):
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         lines = []
         for line in text.splitlines():
-            command_at = line.find("lal ")
-            if command_at >= 0 and line[:command_at].strip() in ("", "Example:"):
+            if COMMAND_LINE.match(line):
                 lines += _wrap_command(indent + line, width)
             else:
                 lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent))
@@ -100,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="pretrain a model on a dataset or on your own text",
-        description="Pretrain a GPT from scratch. Writes DIR/metrics.jsonl and the checkpoints "
-        "DIR/best.pt (lowest validation loss) and DIR/last.pt (to resume from).",
-        epilog="Example: lal train --dataset tinyshakespeare --tokenizer char --preset char-tiny --out runs/tiny",
+        description="Pretrain a GPT from scratch. Writes DIR/metrics.jsonl, the checkpoints "
+        "DIR/best.pt (lowest validation loss) and DIR/last.pt (to resume from), and DIR/MODEL_CARD.md.",
+        epilog="Example: lal train --dataset tinyshakespeare --tokenizer char --preset char-tiny --out runs/tiny\n"
+        "Several GPUs: torchrun --standalone --nproc_per_node 4 -m lal train --preset char-medium --out runs/ddp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = train.add_mutually_exclusive_group()
     source.add_argument("--dataset", default=None, help="a named dataset (default: tinyshakespeare)")
@@ -117,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-val-loss", type=finite_float, default=None, help="stop once validation loss reaches this")
     train.add_argument("--batch-size", type=int, default=None, help="windows per step (default: the preset's)")
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
+    train.add_argument("--dropout", type=finite_float, default=None,
+                       help="dropout probability in the model (default: the preset's: 0.2 for char-medium, else 0.0)")
     train.add_argument("--lr", type=finite_float, default=None, help="peak learning rate (default: the preset's)")
     train.add_argument("--eval-interval", type=int, default=None,
                        help="steps between evaluations (default: the preset's)")
@@ -127,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
     train.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 1337)")
+    train.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto (default): bf16 where the GPU has it, fp16 + gradient scaler on older GPUs, fp32 on CPU/MPS")
     train.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the earlier run in DIR (without it, lal refuses to touch one)")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the plan (memory per step, the batch that fits, time from a few timed steps) and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     generate = commands.add_parser(
@@ -199,11 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--preset", default="char-tiny", help="model size, see `lal presets`")
     bench.add_argument("--vocab-size", type=int, default=None, help="default: 65 for char presets, 50257 otherwise")
-    bench.add_argument("--batch-size", type=int, default=32, help="windows per step")
+    bench.add_argument("--batch-size", type=int, default=16, help="windows per step (default 16, as in the README's table)")
     bench.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
-    bench.add_argument("--steps", type=int, default=20, help="timed training steps")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps, after 3 untimed ones (default 20)")
     bench.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the model first (GPU)")
+    bench.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto: bf16 where native, fp16 + gradient scaler on older GPUs, fp32 on CPU/MPS")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
 
     commands.add_parser(
@@ -219,15 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lal.checkpoint import load_checkpoint
     from lal.data import prepare_text_data
     from lal.device import seed_everything
+    from lal.distributed import init_distributed, main_process_first
     from lal.model import GPT, preset_config
+    from lal.plan import out_of_memory_advice, plan_run
     from lal.train import default_train_config, train
 
-    previous = _check_out_folder(args)
-    if previous is not None:
-        _refuse_conflicts_with_checkpoint(args, previous)
     preset = args.preset or "char-tiny"
     cfg = default_train_config(preset)
     overrides = dict(
@@ -246,31 +259,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg, name, value)
     cfg.compile = cfg.compile or args.compile
+    cfg.precision = args.precision
     cfg.out_dir = str(args.out)
     cfg.progress = not args.quiet
+    context, cfg.device = init_distributed(cfg.device)  # rank 0 of 1 unless started by torchrun
+    say = print if context.is_main else _silent
+    # Rank 0 alone guards the folder: the others may start after it has begun writing there.
+    previous = _check_out_folder(args) if context.is_main or args.resume else None
+    if previous is not None:
+        _refuse_conflicts_with_checkpoint(args, previous)
 
     # A resumed run keeps its tokenizer (the ids it was trained on) and its model's shape.
     tokenizer = previous.tokenizer if previous is not None else None
-    data = prepare_text_data(
-        dataset=args.dataset, text_path=args.text, tokenizer_kind=args.tokenizer or "char", vocab_size=args.vocab_size,
-        tokenizer=tokenizer, token_file=args.out / "tokens.bin",
-    )
+    with main_process_first():  # under torchrun, one process downloads and writes the token file
+        data = prepare_text_data(
+            dataset=args.dataset, text_path=args.text, tokenizer_kind=args.tokenizer or "char",
+            vocab_size=args.vocab_size, tokenizer=tokenizer, token_file=args.out / "tokens.bin",
+        )
     seed_everything(cfg.seed)  # the same --seed gives the same initial weights
     if previous is not None:
-        model = GPT(previous.model.config)
+        config = previous.model.config
+        model = GPT(config if args.dropout is None else dataclasses.replace(config, dropout=args.dropout))
     else:
-        model = GPT(preset_config(preset, vocab_size=data.tokenizer.vocab_size, block_size=args.block_size))
-    print(
+        shape = dict(block_size=args.block_size, dropout=args.dropout)
+        model = GPT(preset_config(preset, vocab_size=data.tokenizer.vocab_size,
+                                  **{name: value for name, value in shape.items() if value is not None}))
+    say(
         f"Training {preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {data.description}: "
         f"{len(data.train):,} training and {len(data.val):,} validation tokens, "
         f"{data.tokenizer.name} tokenizer with {data.tokenizer.vocab_size} tokens."
     )
-    history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
-    print(
-        f"Done after {history.step[-1] if history.step else 0} steps: best validation loss "
-        f"{history.best_val_loss:.4f} at step {history.best_step} ({history.stopped_reason}). "
-        f"Checkpoints and metrics.jsonl are in {args.out}/."
-    )
+    if args.dry_run:
+        say(plan_run(model, cfg, train_data=data.train, val_data=data.val).summary())
+        return 0
+    say(_schedule_text(cfg, context.world_size, model.config.block_size))
+    try:
+        history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
+    except torch.OutOfMemoryError:
+        raise ValueError(out_of_memory_advice(cfg, cfg.block_size or model.config.block_size, cfg.device)) from None
+    if context.is_main:
+        card = _write_model_card(args, cfg, history, data, context.world_size)
+        print(
+            f"Done after {history.step[-1] if history.step else 0} steps: best validation loss "
+            f"{history.best_val_loss:.4f} at step {history.best_step} ({history.stopped_reason}). "
+            f"Checkpoints, metrics.jsonl and {card.name} are in {args.out}/."
+        )
     return 0
 
 
@@ -289,6 +322,8 @@ def _check_out_folder(args: argparse.Namespace):
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one.")
     if args.resume:
         return load_checkpoint(out / "last.pt")
+    if args.dry_run:  # writes nothing, so it endangers nothing
+        return None
     earlier = [name for name in RUN_FILES if (out / name).exists()]
     if earlier and not args.overwrite:
         raise ValueError(
@@ -325,6 +360,39 @@ def _refuse_conflicts_with_checkpoint(args: argparse.Namespace, previous) -> Non
             f"--resume continues the run in {args.out}, whose checkpoint fixes these settings: "
             f"{'; '.join(conflicts)}. Drop those flags, or start a new run in another --out."
         )
+
+
+def _silent(*_args: object, **_kwargs: object) -> None:
+    """print() for the processes of a distributed run other than rank 0: they say nothing."""
+
+
+def _schedule_text(cfg, world_size: int, model_block_size: int) -> str:
+    block_size = cfg.block_size or model_block_size
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
+    return (
+        f"Global batch {global_batch} windows × {block_size} tokens = {global_batch * block_size:,} tokens per step "
+        f"({cfg.batch_size} per micro-batch × {cfg.grad_accum_steps} accumulation × {world_size} process(es)); "
+        f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps, then cosine to {cfg.min_lr:g} "
+        f"at step {cfg.decay_steps}; {cfg.max_steps} steps."
+    )
+
+
+def _write_model_card(args: argparse.Namespace, cfg, history, data, world_size: int) -> Path:
+    """MODEL_CARD.md for the run's best checkpoint (rank 0 only)."""
+    from lal.bench import device_name
+    from lal.checkpoint import load_checkpoint
+    from lal.data import dataset_path
+    from lal.device import pick_device, precision_name
+    from lal.model_card import DataInfo, write_model_card
+
+    device = pick_device(cfg.device)
+    best = load_checkpoint(args.out, device=device)  # best.pt, else last.pt
+    path = args.text if args.text is not None else dataset_path(args.dataset or "tinyshakespeare")
+    info = DataInfo.from_file(data.description, path, len(data.train), len(data.val))
+    hardware = device_name(device) + (f" × {world_size} processes" if world_size > 1 else "")
+    precision = precision_name(device, cfg.precision) + (", torch.compile" if cfg.compile else "")
+    return write_model_card(args.out, best.model, best.tokenizer, cfg, history, info, preset=args.preset or "char-tiny",
+                            hardware=hardware, precision=precision, world_size=world_size)
 
 
 def _print_stream(piece: str) -> None:
@@ -411,7 +479,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     vocab_size = args.vocab_size or (65 if args.preset.startswith("char") else 50257)
     result = benchmark(
         args.preset, vocab_size=vocab_size, batch_size=args.batch_size, block_size=args.block_size,
-        steps=args.steps, device=args.device, compile=args.compile,
+        steps=args.steps, device=args.device, compile=args.compile, precision=args.precision,
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
     return 0

@@ -20,8 +20,10 @@ so a bare ``plot_loss(history)`` as the last line shows the picture twice: write
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
+import io
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -1029,7 +1031,25 @@ class LiveLossPlot:
         return plot_loss(self.history, log_y=self.log_y, reference=self.reference, title=self.title)
 
 
-class SamplingExplorer(widgets.VBox):
+class _Explorer(widgets.VBox):
+    """Controls above a figure. Where no kernel runs (GitHub, nbviewer, a Colab preview) a widget
+    cannot render, so its output also carries a PNG of the figure it first drew: those viewers
+    show that picture instead of the widget's text repr, while JupyterLab and Colab's live kernels
+    still show the widget."""
+
+    figure: Figure | None
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        widget_repr = getattr(super(), "_repr_mimebundle_", None)  # ipywidgets 7 displays another way
+        bundle = dict(widget_repr(**kwargs) or {}) if widget_repr is not None else {}
+        if self.figure is not None:
+            buffer = io.BytesIO()
+            self.figure.savefig(buffer, format="png", bbox_inches="tight")
+            bundle["image/png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return bundle
+
+
+class SamplingExplorer(_Explorer):
     """Sliders for temperature, top-k and top-p above the plot of :func:`plot_sampling_filters`.
 
     A widget container: display it (or leave it last in a cell). ``figure`` is the latest
@@ -1073,7 +1093,7 @@ def sampling_explorer(logits: Any, labels: Sequence[str] | TokenizerLike, *, k: 
     return SamplingExplorer(logits, labels, k=k)
 
 
-class AttentionExplorer(widgets.VBox):
+class AttentionExplorer(_Explorer):
     """A layer slider and a head menu above :func:`plot_attention` of the chosen layer.
 
     ``weights_per_layer`` is what ``GPT.attention_maps(idx)`` returns for one sequence: a list

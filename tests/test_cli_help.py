@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from lal.cli import build_parser
+from lal.cli import COMMAND_LINE, build_parser
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -36,14 +36,13 @@ def test_examples_fit_80_columns_and_break_only_before_a_flag(name, monkeypatch)
     command = _commands()[name]
     lines = command.format_help().splitlines()
     assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
-    if not command.epilog:
-        return
-    example = command.epilog.split("Example: ", 1)[1]
-    start = next(i for i, line in enumerate(lines) if line.startswith("Example: "))
-    pieces = [lines[start].removeprefix("Example: ")]
-    while pieces[-1].endswith(" \\"):
-        pieces[-1] = pieces[-1][:-2]
-        start += 1
-        assert lines[start].startswith("    --"), lines[start]  # continued at a flag, never inside an argument
-        pieces.append(lines[start].strip())
-    assert " ".join(pieces) == example
+    rendered = iter(lines)
+    for example in [line for line in (command.epilog or "").splitlines() if COMMAND_LINE.match(line)]:
+        first = next(line for line in rendered if line.startswith(example[:20]))
+        pieces = [first]
+        while pieces[-1].endswith(" \\"):
+            pieces[-1] = pieces[-1][:-2]
+            following = next(rendered)
+            assert following.startswith("    --"), following  # continued at a flag, never inside an argument
+            pieces.append(following.strip())
+        assert " ".join(pieces) == example
