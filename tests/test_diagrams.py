@@ -7,6 +7,7 @@ import pytest
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from lal import diagrams
+from lal.model import GPTConfig
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +72,53 @@ def test_training_step_shows_the_loop_in_order_with_shapes() -> None:
     for expected in ("schedule", "lr_at(step)", "(B, T, V)", "loss.backward()", "zero_grad(), next batch"):
         assert expected in texts
     assert len(_boxes(fig)) == 7 and len(_arrows(fig)) == 7
+
+
+def test_gpt_forward_traces_every_shape_symbolically_and_with_a_configs_numbers() -> None:
+    texts = diagrams.figure_texts(diagrams.gpt_forward())
+    for expected in ("token embedding", "position embedding", "final LayerNorm", "language-model head",
+                     "(B, T)", "(B, T, C)", "(B, T, V)", "(B, V)", "transformer block × n_layer"):
+        assert expected in texts
+    assert any("weight tying" in text for text in texts)
+    config = GPTConfig(vocab_size=65, block_size=64, n_layer=3, n_head=4, n_embd=96)
+    texts = diagrams.figure_texts(diagrams.gpt_forward(config, batch_size=2, seq_len=8))
+    assert "(B, T) = (2, 8)" in texts and "(B, T, V) = (2, 8, 65)" in texts
+    assert texts.count("(B, T, C) = (2, 8, 128)") == 0 and texts.count("(B, T, C) = (2, 8, 96)") == 4
+    assert "transformer block × 3" in texts
+    assert "(B, T) = (2, 64)" in diagrams.figure_texts(diagrams.gpt_forward(config, batch_size=2))
+
+
+def test_qkv_attention_shows_scaling_mask_softmax_and_the_shapes() -> None:
+    texts = diagrams.figure_texts(diagrams.qkv_attention())
+    for expected in ("query", "key", "value", "Q @ Kᵀ / √d", "causal mask", "future → −∞", "softmax",
+                     "Q (T, d)", "K (T, d)", "V (T, d)", "out (T, d)"):
+        assert expected in texts
+    order = [text for text in texts if text in ("scores", "causal mask", "softmax", "weighted sum")]
+    assert order == ["scores", "causal mask", "softmax", "weighted sum"]
+
+
+def test_multi_head_attention_splits_into_heads_and_merges_back() -> None:
+    texts = diagrams.figure_texts(diagrams.multi_head_attention())
+    assert [text for text in texts if text.startswith("(B,")] == [
+        "(B, T, C)", "(B, T, 3C)", "(B, h, T, d)", "(B, h, T, d)", "(B, T, C)", "(B, T, C)"]
+    texts = diagrams.figure_texts(diagrams.multi_head_attention(n_head=6, n_embd=192))
+    assert "(B, h, T, d)\n= (B, 6, T, 32)" in texts and "(B, T, 3C)\n= (B, T, 576)" in texts
+    assert any(text.startswith("C = h × d = 6 × 32") for text in texts)
+    with pytest.raises(ValueError, match="divisible"):
+        diagrams.multi_head_attention(n_head=5, n_embd=128)
+
+
+def test_transformer_block_puts_layernorm_on_the_branch_pre_ln_and_on_the_stream_post_ln() -> None:
+    def norm_heights(fig) -> list[float]:
+        norms = [text for text in fig.axes[0].texts if text.get_text() in ("ln_1", "ln_2")]
+        return [round(text.get_position()[1], 1) for text in norms]
+
+    pre, post = diagrams.transformer_block(pre_ln=True), diagrams.transformer_block(pre_ln=False)
+    assert "Pre-LN" in pre.get_suptitle() and "Post-LN" in post.get_suptitle()
+    for fig in (pre, post):
+        texts = diagrams.figure_texts(fig)
+        assert texts.count("+") == 2 and "x  (B, T, C)" in texts and "(B, T, C)" in texts
+    # Pre-LN: both norms sit up on the branches; post-LN: both sit on the stream, with the + junctions.
+    plus_height = round(next(t for t in pre.axes[0].texts if t.get_text() == "+").get_position()[1], 1)
+    assert all(height > plus_height + 1 for height in norm_heights(pre)) and len(norm_heights(pre)) == 2
+    assert norm_heights(post) == pytest.approx([plus_height, plus_height], abs=0.3)
