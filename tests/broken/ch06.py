@@ -1,8 +1,11 @@
 """Chapter 6's classic mistakes: every function here must fail its check.
 
-``MESSAGES`` maps each function to a pattern its failure message must match: the check has to
-name the mistake, not only notice that something is off.
+``MESSAGES`` gives, for each function, words its failure message must contain: the check has to
+name the mistake, not only notice that something is off (``BROKEN`` pairs them, as
+tests/broken/README.md describes).
 """
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +164,7 @@ def no_sum(logits, ids):
     return F.log_softmax(logits[:-1], dim=-1).gather(-1, ids[1:, None]).squeeze(-1)
 
 
-BROKEN = {
+_FUNCTIONS = {
     "check_min_p_filter": [
         absolute_threshold,
         one_threshold_for_the_batch,
@@ -217,4 +220,9 @@ MESSAGES = {
     negative_log_likelihood: "wrong sign",
     uses_cross_entropy: "calls F.cross_entropy",
     no_sum: "returned a tensor of shape",
+}
+
+BROKEN = {
+    check: [(function, re.escape(MESSAGES[function])) for function in functions]
+    for check, functions in _FUNCTIONS.items()
 }
