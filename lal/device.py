@@ -234,7 +234,9 @@ def describe_environment() -> str:
     with _quiet_warnings():
         device = pick_device("auto")
     lines = [
-        f"Python  {platform.python_version()} ({_short_path(sys.executable)})",
+        # The environment's folder, not sys.executable: the same environment is reached through
+        # python, python3 or python3.11, and stored notebook outputs should not depend on which.
+        f"Python  {platform.python_version()} (environment {_short_path(sys.prefix)})",
         f"torch   {torch.__version__}",
         f"lal     {lal.__version__} ({_short_path(os.path.dirname(lal.__file__))})",
         f"device  {_describe_device(device)}",
@@ -251,7 +253,8 @@ def describe_environment() -> str:
 
 
 def _short_path(path: str) -> str:
-    """``path`` relative to the working folder when it is inside the repository, else from ``~``.
+    """``path`` relative to the working folder when it is inside the repository, else from ``~``,
+    else its last two folders (``…/envs/lal``).
 
     Enough to tell which Python a kernel runs, without writing a machine's folders into the
     outputs that notebooks store.
@@ -263,7 +266,10 @@ def _short_path(path: str) -> str:
     if not relative.startswith(os.path.join(os.pardir, os.pardir)):
         return relative
     home = os.path.expanduser("~")
-    return "~" + path[len(home):] if path.startswith(home + os.sep) else path
+    if path.startswith(home + os.sep):
+        return "~" + path[len(home):]
+    parts = [part for part in os.path.normpath(path).split(os.sep) if part]
+    return path if len(parts) <= 2 else os.path.join("…", *parts[-2:])
 
 
 def _describe_device(device: torch.device) -> str:
