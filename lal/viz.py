@@ -900,8 +900,8 @@ def plot_next_token_distribution(
     if log_y:
         shown = probs[top][probs[top] > 0]
         ax.set_yscale("log")
-        if shown.size:  # room above the tallest bar for the note
-            ax.set_ylim(shown.min() / 3, shown.max() * 30)
+        if shown.size:  # from below the shortest bar to a little above the tallest
+            ax.set_ylim(shown.min() / 3, shown.max() * 3)
     ax.set_xlabel("next token (most likely first)")
     ax.set_ylabel("probability" + (" (log scale)" if log_y else ""))
     ax.set_title(title or "Next-token distribution")

@@ -112,3 +112,12 @@ def test_describe_environment_names_the_environment_not_the_interpreter_alias(mo
         lines.append(describe_environment().splitlines()[0])
     assert lines[0] == lines[1]
     assert "environment" in lines[0] and "bin" not in lines[0]
+
+
+def test_environment_paths_outside_the_repository_and_home_keep_only_their_last_folders(monkeypatch, tmp_path) -> None:
+    (tmp_path / "work" / "repo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "repo")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert lal_device._short_path("/opt/conda/envs/lal") == os.path.join("…", "envs", "lal")
+    assert lal_device._short_path(str(tmp_path / "home" / "venv")) == "~/venv"
+    assert lal_device._short_path(str(tmp_path / "work" / "repo" / ".venv")) == ".venv"
