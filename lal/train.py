@@ -366,6 +366,8 @@ class EvalEvent:
     improved: bool
     history: History
     stop: bool = False
+    #: The gradient norm (before clipping) of every step since the previous evaluation.
+    grad_norms: list[float] = field(default_factory=list)
 
 
 Callback = Callable[[EvalEvent], Any]
@@ -542,6 +544,7 @@ class _Trainer:
         cfg, state = self.cfg, self.state
         train_loss = self._mean_and_check(self.step_losses, check=True)
         grad_norm = self._mean_and_check(self.step_grad_norms, check=False)
+        grad_norms = torch.stack(self.step_grad_norms).float().cpu().tolist() if self.step_grad_norms else []
         self.step_losses, self.step_grad_norms = [], []
         val_loss = self._validation_loss()
         elapsed_s = state.elapsed_before_s + time.perf_counter() - start_time
@@ -562,7 +565,7 @@ class _Trainer:
         self._save(row, improved, elapsed_s)
         progress.set_postfix_str(_progress_text(row, state.history.best_val_loss), refresh=False)
         event = EvalEvent(step=state.step, train_loss=train_loss, val_loss=val_loss, lr=lr, tokens=row["tokens"],
-                          elapsed_s=elapsed_s, improved=improved, history=state.history)
+                          elapsed_s=elapsed_s, improved=improved, history=state.history, grad_norms=grad_norms)
         for callback in self.callbacks:
             callback(event)
         if event.stop and stop_reason is None:

@@ -372,6 +372,19 @@ def test_a_callback_can_stop_training(corpus) -> None:
     assert history.stopped_reason == "callback"
 
 
+def test_callbacks_see_the_gradient_norm_of_every_step(corpus) -> None:
+    tokenizer, train_ids, val_ids = corpus
+    per_step: list[list[float]] = []
+    history = train(tiny_model(tokenizer.vocab_size), train_ids, val_ids, quick_config(),
+                    callbacks=[lambda event: per_step.append(event.grad_norms)])
+    assert [len(norms) for norms in per_step] == [0, 10, 10, 10, 10]  # none before the first step
+    for norms, mean in zip(per_step[1:], history.grad_norm[1:]):
+        assert math.isclose(sum(norms) / len(norms), mean, rel_tol=1e-5)
+    unclipped = train(tiny_model(tokenizer.vocab_size), train_ids, val_ids, quick_config(grad_clip=None),
+                      callbacks=[lambda event: per_step.append(event.grad_norms)])
+    assert unclipped.grad_norm[-1] is None and per_step[-1] == []  # measured only where clipping is on
+
+
 # ------------------------------------------------------------------------------ divergence
 
 
