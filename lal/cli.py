@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-val-loss", type=float, default=None, help="stop once validation loss reaches this")
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
+    train.add_argument("--dropout", type=float, default=None,
+                       help="dropout probability in the model (default: the preset's, 0.0)")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate")
     train.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations")
     train.add_argument("--patience", type=int, default=None, help="stop after this many evaluations without improvement")
@@ -189,7 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer=tokenizer, token_file=args.out / "tokens.bin",
     )
     seed_everything(cfg.seed)  # the same --seed gives the same initial weights
-    model = GPT(preset_config(args.preset, vocab_size=data.tokenizer.vocab_size, block_size=args.block_size))
+    shape = dict(block_size=args.block_size, dropout=args.dropout)
+    model = GPT(preset_config(args.preset, vocab_size=data.tokenizer.vocab_size,
+                              **{name: value for name, value in shape.items() if value is not None}))
     print(
         f"Training {args.preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {data.description}: "
         f"{len(data.train):,} training and {len(data.val):,} validation tokens, "

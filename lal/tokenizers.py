@@ -634,6 +634,10 @@ class BPETokenizer(Tokenizer):
 # ---------------------------------------------------------------------------------------------
 
 
+class TiktokenUnavailableError(RuntimeError):
+    """tiktoken's vocabulary file could not be loaded (offline without ``TIKTOKEN_CACHE_DIR``, …)."""
+
+
 def _load_base_encoding(encoding_name: str):
     """`tiktoken.get_encoding`, with the offline failure turned into advice.
 
@@ -653,7 +657,7 @@ def _load_base_encoding(encoding_name: str):
         cache = os.environ.get("TIKTOKEN_CACHE_DIR")
         where = (f"TIKTOKEN_CACHE_DIR is set to {cache!r} but does not hold it" if cache
                  else "TIKTOKEN_CACHE_DIR is not set")
-        raise RuntimeError(
+        raise TiktokenUnavailableError(
             f"Could not load tiktoken's {encoding_name!r} vocabulary "
             f"({type(err).__name__}: {err}). "
             f"tiktoken downloads it on first use and caches it; {where}. Fix: go online once "

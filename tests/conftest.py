@@ -1,7 +1,8 @@
-"""Shared test set-up: the repository's tools/ on the import path, and a data fixture."""
+"""Shared test set-up: the repository's tools/ on the import path, data fixtures, one thread."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,20 @@ matplotlib.use("Agg")  # tests never open windows
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+
+
+#: Set by CI (``.ci/run``) when it provides the offline data: a test that needs that data then
+#: fails instead of skipping, so a broken data set-up cannot pass as "skipped".
+REQUIRE_OFFLINE_DATA = os.environ.get("LAL_REQUIRE_OFFLINE_DATA") == "1"
+
+
+def skip_unless_available(available: bool, reason: str) -> None:
+    """Skip when the data is missing here; fail when the run promised it (LAL_REQUIRE_OFFLINE_DATA=1)."""
+    if available:
+        return
+    if REQUIRE_OFFLINE_DATA:
+        pytest.fail(f"{reason} (LAL_REQUIRE_OFFLINE_DATA=1: this run promised the offline data)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

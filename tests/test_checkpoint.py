@@ -70,19 +70,21 @@ def test_tied_weights_are_stored_once_and_stay_tied(saved) -> None:
 
 
 def test_compiled_model_prefix_is_stripped(tmp_path, tokenizer) -> None:
-    class Compiled(torch.nn.Module):  # what torch.compile returns: the model under _orig_mod
-        def __init__(self, model):
-            super().__init__()
-            self._orig_mod = model
-
     model = tiny_model()
-    path = save_checkpoint(tmp_path / "c.pt", Compiled(model), tokenizer)
+    # torch.compile wraps the model without compiling anything until the first call, and its
+    # wrapper's state dict names every weight `_orig_mod.<name>`: the keys the loader must strip.
+    compiled = torch.compile(model, backend="eager")
+    prefixed = compiled.state_dict()
+    assert all(key.startswith("_orig_mod.") for key in prefixed)
+    path = save_checkpoint(tmp_path / "c.pt", compiled, tokenizer)
     payload, _ = read_checkpoint(path)
-    assert not any(key.startswith("_orig_mod.") for key in payload["model"])
-    prefixed = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+    assert sorted(payload["model"]) == sorted(model.state_dict())
     other = tiny_model(seed=1)
     load_model_state(other, prefixed)
     torch.testing.assert_close(other.state_dict(), model.state_dict(), rtol=0, atol=0)
+    into_compiled = torch.compile(tiny_model(seed=2), backend="eager")
+    load_model_state(into_compiled, payload["model"])
+    torch.testing.assert_close(into_compiled.state_dict(), prefixed, rtol=0, atol=0)
 
 
 def test_folder_prefers_best_then_last(tmp_path, tokenizer) -> None:

@@ -14,6 +14,8 @@ import torch
 
 from lal import data
 from lal.data import DATASETS, DatasetInfo, DownloadError
+from conftest import skip_unless_available
+from lal.tokenizers import TiktokenTokenizer, TiktokenUnavailableError
 from local_server import LocalServer
 
 BODY = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n".encode("utf-8") * 50
@@ -205,8 +207,8 @@ def test_each_unchanged_file_is_hashed_once(tmp_path, dirs, monkeypatch):
 
 def test_real_tinyshakespeare_when_provided():
     folder = os.environ.get("LAL_DATA_DIR")
-    if not folder or not (Path(folder) / "tinyshakespeare.txt").is_file():
-        pytest.skip("set LAL_DATA_DIR to a folder holding tinyshakespeare.txt")
+    skip_unless_available(bool(folder) and (Path(folder) / "tinyshakespeare.txt").is_file(),
+                          "set LAL_DATA_DIR to a folder holding tinyshakespeare.txt")
     text = data.load_text("tinyshakespeare")
     assert len(text) == 1_115_394 and len(set(text)) == 65
     assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
@@ -387,13 +389,10 @@ def test_streaming_encoder_equals_whole_text_encoding(tmp_path, chunk_chars):
 
 
 def test_streaming_encoder_cuts_only_where_gpt2_tokens_cannot_straddle(tmp_path):
-    if not os.environ.get("TIKTOKEN_CACHE_DIR"):
-        pytest.skip("needs r50k_base offline: set TIKTOKEN_CACHE_DIR")
-    tiktoken = pytest.importorskip("tiktoken")
     try:
-        encoding = tiktoken.get_encoding("r50k_base")
-    except Exception as exc:  # noqa: BLE001 (any failure to load means: no vocabulary here)
-        pytest.skip(f"r50k_base unavailable: {exc}")
+        encoding = TiktokenTokenizer().encoding
+    except TiktokenUnavailableError as err:
+        skip_unless_available(False, str(err))
     source = tmp_path / "corpus.txt"
     source.write_text(STREAM_TEXT, encoding="utf-8")
     expected = encoding.encode_ordinary(data.load_text(source))

@@ -169,6 +169,10 @@ def test_training_with_accumulation_follows_the_big_batch_run(corpus) -> None:
     history_big = train(big, train_ids, val_ids, quick_config(max_steps=5, batch_size=8))
     history_small = train(small, train_ids, val_ids, quick_config(max_steps=5, batch_size=4, grad_accum_steps=2))
     assert history_small.tokens == history_big.tokens
+    # Adam is blind to a constant scale on the gradient (a sum instead of a mean would still move
+    # the weights alike): the losses and the gradient norms before clipping are not.
+    assert history_small.train_loss[1:] == pytest.approx(history_big.train_loss[1:], rel=1e-5)
+    assert history_small.grad_norm[1:] == pytest.approx(history_big.grad_norm[1:], rel=1e-4)
     # Adam divides by the gradient size, so tiny float differences in near-zero gradients (the key
     # biases have none in exact arithmetic) show up at the 1e-6 level: allow 1e-5.
     torch.testing.assert_close(parameters(small), parameters(big), rtol=1e-4, atol=1e-5)
@@ -190,6 +194,41 @@ def test_a_batch_function_trains_like_token_data(corpus) -> None:
     assert calls == list(range(12))  # micro-batch i of step s is batches(s * grad_accum_steps + i)
     assert history_fn.val_loss == history.val_loss and history_fn.tokens == history.tokens == [0, 6 * 2 * 4 * 16]
     torch.testing.assert_close(parameters(from_function), parameters(from_tokens), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------ clipping
+
+
+def test_clipping_records_the_norm_before_and_hands_adamw_the_clipped_gradient(corpus, monkeypatch) -> None:
+    tokenizer, train_ids, val_ids = corpus
+    cfg = quick_config(max_steps=1, eval_interval=1, batch_size=4, grad_clip=0.05)
+    # The first step's gradient, computed independently: the same initial weights and the batch
+    # the trainer draws first (its generator is seeded with cfg.seed).
+    reference = tiny_model(tokenizer.vocab_size)
+    batch = get_batch(train_ids, cfg.batch_size, 16, "cpu", torch.Generator().manual_seed(cfg.seed))
+    forward_backward(reference, [batch], 1)
+    norm_before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()])).item()
+    assert norm_before > 10 * cfg.grad_clip  # the case where clipping must act
+
+    seen_by_adamw = []
+    real_make_optimizer = lal_train.make_optimizer
+
+    def recording_optimizer(model, config):
+        optimizer = real_make_optimizer(model, config)
+        real_step = optimizer.step
+
+        def step(*args, **kwargs):
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            seen_by_adamw.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+            return real_step(*args, **kwargs)
+
+        optimizer.step = step
+        return optimizer
+
+    monkeypatch.setattr(lal_train, "make_optimizer", recording_optimizer)
+    history = train(tiny_model(tokenizer.vocab_size), train_ids, val_ids, cfg)
+    assert history.grad_norm[1] == pytest.approx(norm_before, rel=1e-4)  # recorded: the norm before clipping
+    assert seen_by_adamw == [pytest.approx(cfg.grad_clip, rel=1e-4)]  # used: the clipped gradient
 
 
 # ------------------------------------------------------------------------------ files and resume
@@ -285,6 +324,30 @@ def test_early_stopping_after_patience_evaluations_without_improvement(corpus, t
     assert history.stopped_reason == "early_stopping"
     assert read_checkpoint(tmp_path / "last.pt")[0]["train_state"]["step"] == 20
     assert read_checkpoint(tmp_path / "best.pt")[0]["extra"]["step"] == history.best_step == 20
+
+
+def test_resume_keeps_the_early_stopping_count(corpus, tmp_path) -> None:
+    """A run interrupted while it waits for an improvement must stop where the straight run stops."""
+    tokenizer, train_ids, val_ids = corpus
+    settings = dict(max_steps=300, patience=2, min_delta=0.02, eval_interval=10)
+    straight = train(tiny_model(tokenizer.vocab_size), train_ids, val_ids,
+                     quick_config(out_dir=tmp_path / "a", **settings), tokenizer=tokenizer)
+    assert straight.stopped_reason == "early_stopping" and straight.step[-1] < 300
+    stop_step = straight.step[-1]
+    interrupt_at = stop_step - 10  # one evaluation without improvement already counted
+
+    def interrupt(event: EvalEvent) -> None:
+        if event.step == interrupt_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(tokenizer.vocab_size), train_ids, val_ids, quick_config(out_dir=tmp_path / "b", **settings),
+              tokenizer=tokenizer, callbacks=[interrupt])
+    assert read_checkpoint(tmp_path / "b" / "last.pt")[0]["train_state"]["evals_since_best"] == 1
+    resumed = train(tiny_model(tokenizer.vocab_size), train_ids, val_ids,
+                    quick_config(out_dir=tmp_path / "b", **settings), tokenizer=tokenizer, resume=True)
+    assert resumed.stopped_reason == "early_stopping"
+    assert resumed.step == straight.step and resumed.val_loss == straight.val_loss
 
 
 def test_target_val_loss_stops_at_the_first_evaluation_that_reaches_it(corpus) -> None:
