@@ -1,43 +1,84 @@
 """Training throughput: tokens per second, model FLOPs utilisation (MFU) and peak memory.
 
 MFU is the fraction of the hardware's peak arithmetic that training turns into useful model
-FLOPs (PaLM, appendix B). It needs the peak: for known GPUs it comes from a table of dense bf16
-(or fp16) figures; for any other device, including CPUs, it is *measured* here as the speed of
-one large matrix multiplication, so the number says how close training gets to what this
-machine's matmul can do.
+FLOPs (PaLM, appendix B). It needs the peak *for the precision training computes in*: a T4 does
+65 TFLOP/s in float16 but has no bfloat16 units at all, an H100 PCIe card is slower than the SXM
+one, an L40S is three times an L4. So the peak comes from a table of dense datasheet figures
+matched on the exact device name and the dtype; a device or dtype that is not in the table gets
+its peak *measured* as the speed of one large matrix multiplication in that dtype (and the
+result says so), so the number is never a guess and never "0 %".
+
+What is timed is the training step itself (:meth:`lal.train.Trainer.train_step`): the same
+backends (TF32), autocast, gradient scaling, clipping, fused AdamW and accumulation as
+``lal train``, on random tokens.
 """
 
 from __future__ import annotations
 
+import functools
+import platform
+import re
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from lal.device import autocast, pick_device
+from lal.device import autocast_dtype, pick_device, precision_name
 from lal.model import GPT, preset_config
-from lal.train import TrainConfig, make_optimizer
+from lal.train import Trainer, TrainConfig
 
-#: Dense peak TFLOP/s in the precision training uses (bf16, or fp16 where bf16 is missing).
-GPU_PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "A10G": 125.0,
-    "L4": 121.0,
-    "RTX 4090": 165.0,
-    "RTX 3090": 71.0,
-    "V100": 125.0,
-    "T4": 65.0,
-}
+#: Dense (no sparsity) peak TFLOP/s from the vendors' datasheets, by device and by the precision
+#: training computes in ("fp32" on a CUDA GPU means TF32 tensor cores, which lal turns on).
+#: Patterns are matched against the whole device name with word boundaries, so "L4" never
+#: matches "NVIDIA L40S" and "H100" alone is the SXM card (PCIe and NVL are their own rows).
+#: Laptop GPUs share names with desktop cards but not their clocks: they get a measured peak.
+#: GeForce cards are listed with float32 accumulation, which is what PyTorch uses.
+GPU_PEAK_TFLOPS: tuple[tuple[str, str, dict[str, float]], ...] = (
+    # pattern,            label,                  {dtype: dense TFLOP/s}
+    (r"B200", "B200", {"bf16": 2250.0, "fp16": 2250.0, "fp32": 1100.0}),
+    (r"H200 NVL", "H200 NVL", {"bf16": 835.0, "fp16": 835.0, "fp32": 417.0}),
+    (r"GH200|H200", "H200 SXM", {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0}),
+    (r"H100 NVL", "H100 NVL", {"bf16": 835.0, "fp16": 835.0, "fp32": 417.0}),
+    (r"H100 PCIE", "H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0}),
+    (r"H100", "H100 SXM", {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0}),
+    (r"A100", "A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0}),
+    (r"A10G", "A10G", {"bf16": 70.0, "fp16": 70.0, "fp32": 35.0}),
+    (r"A10", "A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5}),
+    (r"L40S", "L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 183.0}),
+    (r"L40", "L40", {"bf16": 181.0, "fp16": 181.0, "fp32": 90.5}),
+    (r"L4", "L4", {"bf16": 121.0, "fp16": 121.0, "fp32": 60.0}),
+    (r"T4", "T4", {"fp16": 65.0, "fp32": 8.1}),  # Turing: no bfloat16 units
+    (r"V100 PCIE", "V100 PCIe", {"fp16": 112.0, "fp32": 14.0}),
+    (r"V100", "V100 SXM", {"fp16": 125.0, "fp32": 15.7}),
+    (r"RTX 5090", "RTX 5090", {"bf16": 209.5, "fp16": 209.5, "fp32": 104.8}),
+    (r"RTX 5080", "RTX 5080", {"bf16": 112.6, "fp16": 112.6, "fp32": 56.3}),
+    (r"RTX 4090", "RTX 4090", {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6}),
+    (r"RTX 4080", "RTX 4080", {"bf16": 97.5, "fp16": 97.5, "fp32": 48.7}),
+    (r"RTX 3090 TI", "RTX 3090 Ti", {"bf16": 80.0, "fp16": 80.0, "fp32": 40.0}),
+    (r"RTX 3090", "RTX 3090", {"bf16": 71.0, "fp16": 71.0, "fp32": 35.6}),
+    (r"RTX 3080", "RTX 3080", {"bf16": 59.5, "fp16": 59.5, "fp32": 29.8}),
+    (r"RTX 3070", "RTX 3070", {"bf16": 40.6, "fp16": 40.6, "fp32": 20.3}),
+)
+
+#: Apple silicon GPUs (MPS; lal trains there in float32): Apple's figure for the chip's largest GPU
+#: configuration, so a chip with fewer GPU cores shows a somewhat lower MFU than it really has.
+APPLE_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    (r"M1 ULTRA", 21.0), (r"M1 MAX", 10.4), (r"M1 PRO", 5.2), (r"M1", 2.6),
+    (r"M2 ULTRA", 27.2), (r"M2 MAX", 13.6), (r"M2 PRO", 6.8), (r"M2", 3.6),
+    (r"M3 MAX", 16.4), (r"M3", 4.1),
+)
 
 
 @dataclass
 class BenchResult:
     preset: str
     device: str
+    device_name: str
+    precision: str
+    compiled: bool
     n_params: int
     batch_size: int
     block_size: int
@@ -55,108 +96,212 @@ class BenchResult:
 
     def summary(self) -> str:
         return (
-            f"{self.preset} ({self.n_params / 1e6:.2f}M parameters) on {self.device}, "
-            f"batch {self.batch_size} × context {self.block_size}\n"
+            f"{self.preset} ({self.n_params / 1e6:.2f}M parameters) on {self.device_name}, {self.precision}"
+            f"{', compiled' if self.compiled else ''}, batch {self.batch_size} × context {self.block_size}\n"
             f"  throughput   {self.tokens_per_s:,.0f} tokens/s ({self.ms_per_step:.1f} ms/step)\n"
-            f"  MFU          {self.mfu:.1%} of {self.peak_tflops:.3g} TFLOP/s ({self.peak_source})\n"
+            f"  MFU          {format_mfu(self.mfu)} of {self.peak_tflops:.3g} TFLOP/s ({self.peak_source})\n"
             f"  peak memory  {self.peak_memory_mb:,.0f} MB"
         )
 
 
-def _synchronize(device: torch.device) -> None:
+def format_mfu(mfu: float) -> str:
+    """MFU as a percentage with two significant digits, so a small one never reads "0.0 %"."""
+    return f"{100 * mfu:.2g} %" if mfu < 0.1 else f"{100 * mfu:.1f} %"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock time measures it."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
 
 
-def measured_matmul_tflops(device: torch.device, size: int = 1024, repeats: int = 10) -> float:
-    """TFLOP/s of a square matmul in the training dtype: the practical peak of this device."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up
-    _synchronize(device)
+def measured_matmul_tflops(
+    device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 10
+) -> float:
+    """TFLOP/s of a ``size``² matmul in ``dtype``: the practical peak of this device in that dtype."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(2):  # warm-up: kernel selection, clocks
+        a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _synchronize(device)
+    synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def peak_tflops(device: torch.device) -> tuple[float, str]:
-    """The peak to measure MFU against, and where the figure comes from."""
+def device_name(device: torch.device) -> str:
+    """The name a person would recognise: "NVIDIA H100 PCIe", "Apple M2 Pro", the CPU's model."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return tflops, f"{name} datasheet"
-        return measured_matmul_tflops(device, size=4096), f"measured 4096² bf16 matmul on {name}"
-    return measured_matmul_tflops(device), f"measured 1024² fp32 matmul on {device.type}"
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return _apple_chip_name() or "Apple GPU (MPS)"
+    return _cpu_name()
+
+
+def table_peak_tflops(name: str, precision: str) -> tuple[float, str] | None:
+    """The datasheet peak of the GPU called ``name`` in ``precision`` ("bf16", "fp16", "fp32"), or None.
+
+    None when the device is not in :data:`GPU_PEAK_TFLOPS` / :data:`APPLE_PEAK_TFLOPS`, is a laptop
+    part, or has no hardware for ``precision`` (a T4 in bf16).
+    """
+    normalised = " " + re.sub(r"[-_\s]+", " ", name.upper()) + " "
+    if "LAPTOP" in normalised or "MOBILE" in normalised or " MAX Q " in normalised:
+        return None
+    if normalised.strip().startswith("APPLE"):
+        for pattern, tflops in APPLE_PEAK_TFLOPS:
+            if precision == "fp32" and _matches(pattern, normalised):
+                return tflops, f"Apple's fp32 GPU figure for the largest {pattern.title()}"
+        return None
+    for pattern, label, peaks in GPU_PEAK_TFLOPS:
+        if _matches(pattern, normalised):
+            if precision not in peaks:
+                return None
+            kind = "TF32" if precision == "fp32" else precision
+            return peaks[precision], f"{label} datasheet, dense {kind}"
+    return None
+
+
+def _matches(pattern: str, normalised_name: str) -> bool:
+    return re.search(rf"(?<![A-Z0-9])(?:{pattern})(?![A-Z0-9])", normalised_name) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_peak(device_str: str, precision: str) -> float:
+    device = torch.device(device_str)
+    dtype = autocast_dtype(device, precision) or torch.float32
+    size = 4096 if device.type in ("cuda", "mps") else 1024
+    return measured_matmul_tflops(device, dtype, size=size)
+
+
+def peak_tflops(device: torch.device, precision: str | None = None) -> tuple[float, str]:
+    """The peak to measure MFU against on ``device`` in ``precision``, and where the figure comes from.
+
+    ``precision`` defaults to what training picks there (:func:`lal.device.precision_name`).
+    """
+    device = torch.device(device)
+    precision = precision or precision_name(device)
+    name = device_name(device)
+    known = table_peak_tflops(name, precision) if device.type in ("cuda", "mps") else None
+    if known is not None:
+        return known
+    size = 4096 if device.type in ("cuda", "mps") else 1024
+    tflops = _measured_peak(str(device), precision)
+    why = "" if device.type == "cpu" else f"; {name} is not in lal's table of datasheet peaks"
+    return tflops, f"measured: {size}² {precision} matmul on this {device.type}{why}"
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the run so far: the GPU's allocations, or the whole process on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
     # ru_maxrss is in kilobytes on Linux and bytes on macOS: the whole process's peak.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+def time_train_steps(trainer: Trainer, steps: int, warmup_steps: int = 3) -> float:
+    """Seconds per optimiser step of ``trainer``, after ``warmup_steps`` untimed ones.
+
+    The first steps pay for memory allocation, cuDNN/cuBLAS heuristics and, with ``compile``,
+    compilation; they are run first and not counted.
+    """
+    if steps < 1:
+        raise ValueError(f"Time at least one step (got steps={steps}).")
+    for _ in range(warmup_steps):
+        trainer.train_step()
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    synchronize(trainer.device)
+    return (time.perf_counter() - start) / steps
+
+
+def random_token_trainer(model: GPT, cfg: TrainConfig, n_windows: int = 64) -> Trainer:
+    """A :class:`~lal.train.Trainer` of ``model`` on random token ids: for timing, not for learning."""
+    block_size = cfg.block_size or model.config.block_size
+    generator = torch.Generator().manual_seed(0)
+    n_tokens = n_windows * block_size + 1
+    train_tokens = torch.randint(model.config.vocab_size, (n_tokens,), generator=generator)
+    val_tokens = torch.randint(model.config.vocab_size, (block_size + 1,), generator=generator)
+    return Trainer(model, train_tokens, val_tokens, cfg)
+
+
 def benchmark(
     preset: str = "char-tiny",
     vocab_size: int = 65,
-    batch_size: int = 32,
+    batch_size: int = 16,
     block_size: int | None = None,
     steps: int = 20,
     warmup_steps: int = 3,
     device: str | None = None,
     compile: bool = False,
+    precision: str = "auto",
+    grad_accum_steps: int = 1,
 ) -> BenchResult:
-    """Time full training steps (forward, backward, optimizer) of a preset on random tokens."""
+    """Time full training steps of a preset (forward, backward, scaling, clipping, AdamW) on random tokens."""
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1 (got {steps}): there is nothing to time otherwise.")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (got {batch_size}).")
     torch_device = pick_device(device)
     config = preset_config(preset, vocab_size=vocab_size, block_size=block_size)
     torch.manual_seed(0)
-    model = GPT(config).to(torch_device)
-    optimizer = make_optimizer(model, TrainConfig(device=torch_device.type))
-    step_model = torch.compile(model) if compile else model
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randint(0, vocab_size, (batch_size, config.block_size), generator=generator).to(torch_device)
-    y = torch.randint(0, vocab_size, (batch_size, config.block_size), generator=generator).to(torch_device)
+    model = GPT(config)
+    cfg = TrainConfig(batch_size=batch_size, grad_accum_steps=grad_accum_steps, device=str(torch_device),
+                      compile=compile, precision=precision, progress=False, eval_windows=1, max_steps=10**9)
+    trainer = random_token_trainer(model, cfg)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
+    seconds = time_train_steps(trainer, steps, warmup_steps)
 
-    def train_step() -> None:
-        with autocast(torch_device):
-            _, loss = step_model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup_steps):  # the first steps pay for allocation and compilation
-        train_step()
-    _synchronize(torch_device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    _synchronize(torch_device)
-    seconds = time.perf_counter() - start
-
-    tokens_per_s = steps * batch_size * config.block_size / seconds
+    tokens_per_step = batch_size * grad_accum_steps * config.block_size
+    tokens_per_s = tokens_per_step / seconds
     achieved = tokens_per_s * model.flops_per_token(config.block_size) / 1e12
-    peak, source = peak_tflops(torch_device)
+    dtype_name = precision_name(torch_device, precision)
+    peak, source = peak_tflops(torch_device, dtype_name)
     return BenchResult(
         preset=preset,
         device=str(torch_device),
+        device_name=device_name(torch_device),
+        precision=dtype_name,
+        compiled=compile,
         n_params=model.num_parameters(),
-        batch_size=batch_size,
+        batch_size=batch_size * grad_accum_steps,
         block_size=config.block_size,
         steps=steps,
         tokens_per_s=tokens_per_s,
-        ms_per_step=1000 * seconds / steps,
+        ms_per_step=1000 * seconds,
         achieved_tflops=achieved,
         peak_tflops=peak,
         peak_source=source,
         mfu=achieved / peak,
         peak_memory_mb=peak_memory_mb(torch_device),
     )
+
+
+def _apple_chip_name() -> str | None:
+    if sys.platform != "darwin":
+        return None
+    try:
+        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return _apple_chip_name() or platform.processor() or "CPU"

@@ -3,9 +3,12 @@
 One place decides the device and the arithmetic the course uses on it:
 
 * the device: CUDA if there is a GPU, then Apple's MPS, then the CPU, unless you ask for one;
-* the autocast dtype: bfloat16 on CUDA GPUs that support it (Ampere and newer), float16 on older
-  ones such as Colab's free T4 (float16's narrow range then needs a gradient scaler), and plain
-  float32 on CPU and MPS, where autocast would be slower or less reliable than it helps.
+* the autocast dtype: bfloat16 on CUDA GPUs that compute it natively (Ampere and newer), float16
+  on older ones such as Colab's free T4 or a V100 (float16's narrow range then needs a gradient
+  scaler), and plain float32 on CPU and MPS, where autocast would be slower or less reliable than
+  it helps. ``precision="bf16" | "fp16" | "fp32"`` overrides the choice;
+* ``torch.compile`` where it can work: on a GPU it needs Triton, which Windows lacks, so there
+  training says so and runs uncompiled instead of failing at the first step.
 
 MPS is only used from torch 2.9 on: older versions give wrong or unstable losses for this kind of
 model, so with an older torch we say so and train on the CPU instead.
@@ -105,31 +108,90 @@ def pick_device(preferred: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+_PRECISION_DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def native_bf16(device: str | torch.device = "cuda") -> bool:
+    """True when the CUDA GPU computes bfloat16 in hardware (compute capability 8.0, Ampere, or newer).
+
+    ``torch.cuda.is_bf16_supported()`` also answers True on older GPUs (a T4, a V100), where
+    bfloat16 is *emulated*: slow, skipped by ``torch.compile``, and without the scaler float16
+    would get. ``including_emulation=False`` asks the question that matters.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the argument: ask for the hardware generation directly
+        return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def autocast_dtype(device: str | torch.device, precision: str = "auto") -> torch.dtype | None:
     """The reduced precision to compute in on ``device``, or ``None`` for plain float32.
 
     bfloat16 has float32's range, so it trains without tricks; float16 does not (small gradients
     underflow to zero), so where it is the only option a gradient scaler is needed
-    (see :func:`needs_grad_scaler`). CPU and MPS train in float32 here.
+    (see :func:`needs_grad_scaler`). CPU and MPS train in float32 unless ``precision`` asks for
+    "bf16" or "fp16"; on CUDA, "auto" is bf16 where native and fp16 elsewhere.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     device = torch.device(device)
+    if precision != "auto":
+        return _PRECISION_DTYPES[precision]
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if native_bf16(device) else torch.float16
 
 
-def needs_grad_scaler(device: str | torch.device) -> bool:
+def precision_name(device: str | torch.device, precision: str = "auto") -> str:
+    """"bf16", "fp16" or "fp32": what :func:`autocast_dtype` picks, as people write it."""
+    dtype = autocast_dtype(device, precision)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
+
+
+def needs_grad_scaler(device: str | torch.device, precision: str = "auto") -> bool:
     """True when training on ``device`` uses float16, whose gradients must be scaled up to survive."""
-    return autocast_dtype(device) == torch.float16
+    return autocast_dtype(device, precision) == torch.float16
 
 
-def autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
+def autocast(device: str | torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
     """A context manager that runs the forward pass in :func:`autocast_dtype` (or does nothing)."""
     device = torch.device(device)
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, precision)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def compile_model(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """``torch.compile(model)``, or ``model`` itself with a warning where compiling cannot work.
+
+    On a GPU, compiled kernels are written in Triton; without it (Windows, some old setups) the
+    first training step would fail deep inside the compiler. Training uncompiled is slower but
+    gives the same results, so that is what happens, and the warning says how to get Triton.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not triton_available():
+        warnings.warn(
+            "torch.compile needs Triton on a GPU, and it is not installed here (it does not exist for "
+            "Windows; on Linux `pip install triton`): training without compile, at the same results.",
+            stacklevel=2,
+        )
+        return model
+    return torch.compile(model)
+
+
+def triton_available() -> bool:
+    """Whether the Triton compiler that ``torch.compile`` uses for GPU kernels can be imported."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def configure_backends(device: str | torch.device) -> None:
@@ -202,10 +264,10 @@ def _short_path(path: str) -> str:
 def _describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        if torch.cuda.is_bf16_supported():
+        if native_bf16(device):
             precision = "bf16 autocast"
         else:
-            precision = "no bf16: fp16 autocast with a gradient scaler"
+            precision = "no native bf16: fp16 autocast with a gradient scaler"
         return f"cuda ({name}; {precision})"
     if device.type == "mps":
         return "mps (Apple GPU; float32)"

@@ -25,6 +25,7 @@ validation loss is measured on the current weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,11 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from lal.checkpoint import CheckpointError, load_model_state, read_checkpoint, save_checkpoint, unwrap_model
 from lal.data import batches_from_windows, eval_windows, get_batch
-from lal.device import autocast, configure_backends, needs_grad_scaler, pick_device
+from lal.device import PRECISIONS, autocast, compile_model, configure_backends, needs_grad_scaler, pick_device
+from lal.distributed import all_reduce_sum, current_context, gather_objects
 from lal.model import GPT
 from lal.tokenizers import Tokenizer
 
@@ -95,6 +98,7 @@ class TrainConfig:
     out_dir: str | os.PathLike | None = None  # metrics.jsonl, best.pt and last.pt go here; None = no files
     save_checkpoints: bool = True
     compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
+    precision: str = "auto"  # "auto" (bf16 where native, fp16 + scaler on older GPUs, fp32 on CPU/MPS), "bf16", "fp16", "fp32"
     progress: bool = True  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
@@ -124,6 +128,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be positive or None (no clipping), got {self.grad_clip}.")
         if self.min_delta < 0:
             raise ValueError(f"TrainConfig.min_delta must be ≥ 0, got {self.min_delta}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
 
     @property
     def decay_steps(self) -> int:
@@ -205,21 +211,22 @@ def estimate_loss(
     starts: torch.Tensor,
     block_size: int,
     batch_size: int,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> float:
     """Mean cross-entropy over the windows beginning at ``starts`` (see ``lal.data.eval_windows``).
 
     The model is put in eval mode (no dropout) for the measurement and back in its previous mode
-    afterwards. Losses are summed on the device and read once at the end.
+    afterwards. Losses are summed on the device (by default the model's own) and read once at the end.
     """
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
     n_windows = 0
     try:
         for x, y in batches_from_windows(data, starts, block_size, batch_size, device):
-            with autocast(device):
+            with autocast(device, precision):
                 _, loss = model(x, y)
             total += loss.float() * x.size(0)  # every window has block_size targets: weight by windows
             n_windows += x.size(0)
@@ -234,6 +241,7 @@ def forward_backward(
     n_batches: int,
     device: str | torch.device = "cpu",
     scaler: torch.amp.GradScaler | None = None,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradient of the mean loss over ``n_batches`` micro-batches.
 
@@ -243,11 +251,15 @@ def forward_backward(
     """
     device = torch.device(device)
     total = torch.zeros((), device=device)
-    for x, y in batches:
-        with autocast(device):
-            _, loss = model(x, y)
-        loss = loss / n_batches
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+    for index, (x, y) in enumerate(batches):
+        # Under DistributedDataParallel, average gradients across processes once per step, not per micro-batch.
+        last = index == n_batches - 1
+        no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
+        with no_sync:
+            with autocast(device, precision):
+                _, loss = model(x, y)
+            loss = loss / n_batches
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach().float()
     return total
 
@@ -362,7 +374,13 @@ class _RunState:
 
 
 class _Trainer:
-    """One training run. A class only to share state between the small steps of :func:`train`."""
+    """One training run. A class to share state between the small steps of :func:`train`.
+
+    Public as :class:`Trainer` for tools that drive single steps (``lal.bench``, ``lal.plan``):
+    ``Trainer(model, train_data, val_data, cfg).train_step()`` is exactly a step of :func:`train`.
+    Under ``torchrun`` (a process group is initialised) the model is wrapped in
+    DistributedDataParallel: see ``lal.distributed``.
+    """
 
     def __init__(
         self,
@@ -370,8 +388,8 @@ class _Trainer:
         train_data: Any,
         val_data: Any,
         cfg: TrainConfig,
-        tokenizer: Tokenizer | None,
-        callbacks: Sequence[Callback],
+        tokenizer: Tokenizer | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -400,15 +418,21 @@ class _Trainer:
         self.val_data = _as_token_data(val_data, "val_data")
         self.device = pick_device(cfg.device)
         configure_backends(self.device)
+        self.dist = current_context()  # rank 0 of 1 without torchrun
 
         self.model.to(self.device)
         self.model.train()
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.eval_model = compile_model(self.model, self.device) if cfg.compile else self.model
+        self.step_model = self.eval_model
+        if self.dist.is_distributed:  # gradients averaged across processes after each backward
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.eval_model, device_ids=device_ids, broadcast_buffers=False)
         self.optimizer = make_optimizer(self.model, cfg)
-        # Only float16 on CUDA needs loss scaling; everywhere else the scaler is a no-op.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.device))
-        self.batch_generator = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)  # dropout
+        # Only float16 needs loss scaling; everywhere else the scaler is a no-op.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.device, cfg.precision))
+        # Each rank draws its own windows and dropout masks; rank 0's are a single process's.
+        self.batch_generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
+        torch.manual_seed(cfg.seed + self.dist.rank)  # dropout
         self.eval_starts = eval_windows(self.val_data, cfg.eval_windows, self.block_size, seed=EVAL_SEED)
         self.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
         self.state = _RunState()
@@ -416,8 +440,14 @@ class _Trainer:
         # that a GPU never waits for the host; they are read once per evaluation.
         self.step_losses: list[torch.Tensor] = []
         self.step_grad_norms: list[torch.Tensor] = []
-        # Reading a CPU tensor costs nothing, so there a NaN is caught before it reaches the weights.
-        self.check_every_step = _reads_are_free(self.device)
+        # Reading a CPU tensor costs nothing, so there a NaN is caught before it reaches the weights
+        # (not across processes: one rank stopping alone would leave the others waiting forever).
+        self.check_every_step = _reads_are_free(self.device) and not self.dist.is_distributed
+
+    @property
+    def global_batch_size(self) -> int:
+        """Windows per optimiser step, over all micro-batches and all processes."""
+        return self.cfg.batch_size * self.cfg.grad_accum_steps * self.dist.world_size
 
     # ------------------------------------------------------------------ the loop
 
@@ -430,8 +460,8 @@ class _Trainer:
         state = self.state
         skip_eval_at = state.step if resume else None  # that evaluation is in the resumed history
         start_time = time.perf_counter()
-        progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not cfg.progress, unit="step",
-                        desc="training", dynamic_ncols=True)
+        progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not (cfg.progress and self.dist.is_main),
+                        unit="step", desc="training", dynamic_ncols=True)
         try:
             while True:
                 at_eval = state.step % cfg.eval_interval == 0 or state.step >= cfg.max_steps
@@ -453,7 +483,8 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batches = self._micro_batches(state.step)
-        step_loss = forward_backward(self.step_model, batches, cfg.grad_accum_steps, self.device, self.scaler)
+        step_loss = forward_backward(self.step_model, batches, cfg.grad_accum_steps, self.device, self.scaler,
+                                     cfg.precision)
         if self.check_every_step and not math.isfinite(step_loss.item()):
             self._diverged(state.step + 1, lr)  # before the update: the weights in memory stay good
         if cfg.grad_clip is not None:
@@ -475,17 +506,16 @@ class _Trainer:
                 x, y = x.to(self.device), y.to(self.device)
             else:
                 x, y = get_batch(self.train_data, cfg.batch_size, self.block_size, self.device, self.batch_generator)
-            self.state.tokens += x.numel()
+            self.state.tokens += x.numel() * self.dist.world_size  # every rank reads as many
             yield x, y
 
     def _evaluate(self, start_time: float, progress: tqdm) -> bool:
         """Evaluate, record, save, notify callbacks; return True when training should stop."""
         cfg, state = self.cfg, self.state
         train_loss = self._mean_and_check(self.step_losses, check=True)
-        grad_norm = self._mean_and_check(self.step_grad_norms, check=False)
+        grad_norm = self._mean_and_check(self.step_grad_norms, check=False)  # finite norms only: see there
         self.step_losses, self.step_grad_norms = [], []
-        val_loss = estimate_loss(self.step_model, self.val_data, self.eval_starts, self.block_size,
-                                 self.eval_batch_size, self.device)
+        val_loss = self._validation_loss()
         elapsed_s = state.elapsed_before_s + time.perf_counter() - start_time
         lr = lr_at(max(state.step - 1, 0), cfg)  # the rate of the last update made
         if not math.isfinite(val_loss):
@@ -511,6 +541,18 @@ class _Trainer:
             state.history.stopped_reason = stop_reason = "callback"
         return stop_reason is not None
 
+    def _validation_loss(self) -> float:
+        """The loss on the fixed validation windows; under DDP each rank scores its share, then all sum."""
+        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world_size
+        starts = self.eval_starts[rank::world]  # (≈ eval_windows / world,)
+        mean = estimate_loss(self.eval_model, self.val_data, starts, self.block_size, self.eval_batch_size,
+                             self.device, cfg.precision) if len(starts) else 0.0
+        if not self.dist.is_distributed:
+            return mean
+        totals = all_reduce_sum(torch.tensor([mean * len(starts), float(len(starts))], dtype=torch.float64,
+                                             device=self.device))
+        return float(totals[0] / totals[1])
+
     def _stop_reason(self, val_loss: float) -> str | None:
         cfg, state = self.cfg, self.state
         if cfg.target_val_loss is not None and val_loss <= cfg.target_val_loss:
@@ -520,17 +562,26 @@ class _Trainer:
         return None
 
     def _mean_and_check(self, values: list[torch.Tensor], check: bool) -> float | None:
-        """Mean of per-step device scalars (one host sync); raise if a loss was not finite."""
+        """Mean of per-step device scalars (one host sync); with ``check``, raise if one was not finite.
+
+        Without ``check`` (gradient norms) non-finite values are left out of the mean: they are the
+        steps float16's gradient scaler skipped on purpose (the scale was too high, nothing was
+        updated), and a NaN would not even be valid JSON in ``metrics.jsonl``. None if all were.
+        """
         if not values:
             return None
-        stacked = torch.stack(values).float().cpu()  # (steps since the last evaluation,)
-        if check:
-            finite = torch.isfinite(stacked)
-            if not bool(finite.all()):
-                first_bad = int((~finite).nonzero()[0])
-                bad_step = self.state.step - len(values) + first_bad + 1
-                self._diverged(bad_step, lr_at(bad_step - 1, self.cfg))
-        return float(stacked.mean())
+        stacked = torch.stack(values).float()  # (steps since the last evaluation,)
+        if self.dist.is_distributed:  # the mean over all processes; a NaN on any rank reaches every rank
+            stacked = all_reduce_sum(stacked) / self.dist.world_size
+        stacked = stacked.cpu()
+        finite = torch.isfinite(stacked)
+        if check and not bool(finite.all()):
+            first_bad = int((~finite).nonzero()[0])
+            bad_step = self.state.step - len(values) + first_bad + 1
+            self._diverged(bad_step, lr_at(bad_step - 1, self.cfg))
+        if not bool(finite.any()):
+            return None
+        return float(stacked[finite].mean())
 
     def _diverged(self, step: int, lr: float) -> None:
         last_good = self.out_dir / LAST_CHECKPOINT if self.out_dir is not None and self.cfg.save_checkpoints else None
@@ -555,8 +606,11 @@ class _Trainer:
     def _save(self, row: dict[str, Any], improved: bool, elapsed_s: float) -> None:
         if self.out_dir is None:
             return
-        if self.cfg.save_checkpoints:
-            train_state = self._train_state(elapsed_s)
+        # Every rank takes part in gathering the training state; only rank 0 writes.
+        train_state = self._train_state(elapsed_s) if self.cfg.save_checkpoints else None
+        if not self.dist.is_main:
+            return
+        if train_state is not None:
             extra = {"train_config": self.cfg.to_dict(), "val_loss": row["val_loss"], "step": row["step"]}
             if improved:
                 self._checkpoint(BEST_CHECKPOINT, train_state, extra)
@@ -569,7 +623,7 @@ class _Trainer:
                         train_state=train_state, extra=extra)
 
     def _start_metrics_file(self, rows: list[dict[str, Any]]) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.dist.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         tmp_path = self.out_dir / (METRICS_FILE + ".tmp")
@@ -583,6 +637,8 @@ class _Trainer:
         rng = {"batches": self.batch_generator.get_state(), "torch_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.dist.is_distributed:  # rank 0 saves every rank's generators, so each can resume its own
+            rng["per_rank"] = [{k: v.cpu() for k, v in ranks_rng.items()} for ranks_rng in gather_objects(rng)]
         return {
             "step": state.step,
             "tokens": state.tokens,
@@ -609,6 +665,15 @@ class _Trainer:
         if self.scaler.is_enabled() and train_state["grad_scaler"]:  # empty when saved without fp16
             self.scaler.load_state_dict(train_state["grad_scaler"])
         rng = train_state["rng"]
+        per_rank = rng.get("per_rank")
+        if self.dist.is_distributed or per_rank is not None:
+            if per_rank is None or len(per_rank) != self.dist.world_size:
+                saved = 1 if per_rank is None else len(per_rank)
+                raise CheckpointError(
+                    f"{path} was saved by a run of {saved} process(es); resume it with the same number "
+                    f"(torchrun --nproc_per_node {saved}), not {self.dist.world_size}, to continue exactly."
+                )
+            rng = per_rank[self.dist.rank]
         self.batch_generator.set_state(rng["batches"])
         torch.set_rng_state(rng["torch_cpu"])
         if self.device.type == "cuda" and "torch_cuda" in rng:
@@ -663,3 +728,8 @@ def train(
     """
     trainer = _Trainer(model, train_data, val_data, cfg or TrainConfig(), tokenizer, tuple(callbacks))
     return trainer.run(resume)
+
+
+#: The run object behind :func:`train`, public for tools that time or plan single steps.
+Trainer = _Trainer
+Trainer.train_step = _Trainer._train_step

@@ -11,7 +11,17 @@ import pytest
 import torch
 
 from lal import device as lal_device
-from lal.device import autocast, autocast_dtype, describe_environment, needs_grad_scaler, pick_device, seed_everything
+from lal.device import (
+    autocast,
+    autocast_dtype,
+    compile_model,
+    describe_environment,
+    native_bf16,
+    needs_grad_scaler,
+    pick_device,
+    precision_name,
+    seed_everything,
+)
 
 
 @pytest.fixture
@@ -21,13 +31,20 @@ def hardware(monkeypatch):
     class Fake:
         cuda = False
         mps = False
-        bf16 = True
+        bf16 = True  # native bf16 (Ampere or newer); False is a T4 or a V100
+        name = "NVIDIA A100-SXM4-80GB"
         torch_version = (2, 9)
 
     fake = Fake()
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        """torch's own contract: any CUDA GPU can *emulate* bf16, so the default answer is True there."""
+        return fake.cuda and (fake.bf16 or including_emulation)
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: fake.cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 if fake.cuda else 0)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: fake.bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: fake.name)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: fake.mps)
     monkeypatch.setattr(lal_device, "torch_version", lambda: fake.torch_version)
     return fake
@@ -72,12 +89,45 @@ def test_unavailable_or_unknown_device_is_a_clear_error(hardware) -> None:
 def test_autocast_dtype_bf16_fp16_or_none(hardware) -> None:
     assert autocast_dtype("cpu") is None
     assert autocast_dtype("mps") is None
+    hardware.cuda = True
     assert autocast_dtype("cuda") == torch.bfloat16
     assert not needs_grad_scaler("cuda")
-    hardware.bf16 = False  # e.g. Colab's T4
+    hardware.bf16, hardware.name = False, "Tesla T4"  # Colab's T4: bf16 only emulated
+    assert torch.cuda.is_bf16_supported()  # what torch answers by default, and must not be trusted
+    assert not native_bf16("cuda")
     assert autocast_dtype("cuda") == torch.float16
     assert needs_grad_scaler("cuda")
     assert not needs_grad_scaler("cpu")
+
+
+def test_precision_can_be_chosen(hardware) -> None:
+    hardware.cuda = True
+    assert autocast_dtype("cuda", "fp16") == torch.float16 and needs_grad_scaler("cuda", "fp16")
+    assert autocast_dtype("cuda", "fp32") is None and precision_name("cuda", "fp32") == "fp32"
+    assert autocast_dtype("cpu", "bf16") == torch.bfloat16 and precision_name("cpu") == "fp32"
+    assert needs_grad_scaler("cpu", "fp16")
+    with pytest.raises(ValueError, match="Unknown precision 'half'.*bf16, fp16, fp32"):
+        autocast_dtype("cuda", "half")
+
+
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")
+def test_autocast_on_cuda_uses_the_chosen_dtype(hardware) -> None:
+    hardware.cuda = True
+    context = autocast("cuda")
+    assert isinstance(context, torch.autocast) and context.device == "cuda"
+    assert context.fast_dtype == torch.bfloat16
+    hardware.bf16 = False
+    assert autocast("cuda").fast_dtype == torch.float16
+    assert autocast("cuda", "bf16").fast_dtype == torch.bfloat16  # asked for explicitly: emulated, but obeyed
+
+
+def test_compile_without_triton_on_a_gpu_trains_uncompiled_and_says_so(hardware, monkeypatch) -> None:
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(lal_device, "triton_available", lambda: False)
+    with pytest.warns(UserWarning, match="torch.compile needs Triton.*without compile"):
+        assert compile_model(model, "cuda") is model
+    compiled = compile_model(model, "cpu")  # the CPU compiler needs no Triton
+    assert compiled is not model and compiled._orig_mod is model
 
 
 def test_autocast_on_cpu_changes_nothing() -> None:
@@ -112,3 +162,10 @@ def test_describe_environment_names_the_environment_not_the_interpreter_alias(mo
         lines.append(describe_environment().splitlines()[0])
     assert lines[0] == lines[1]
     assert "environment" in lines[0] and "bin" not in lines[0]
+
+
+def test_describe_environment_tells_a_t4_it_gets_fp16_with_a_scaler(hardware) -> None:
+    hardware.cuda, hardware.bf16, hardware.name = True, False, "Tesla T4"
+    assert "device  cuda (Tesla T4; no native bf16: fp16 autocast with a gradient scaler)" in describe_environment()
+    hardware.bf16, hardware.name = True, "NVIDIA L4"
+    assert "device  cuda (NVIDIA L4; bf16 autocast)" in describe_environment()
