@@ -264,6 +264,25 @@ def convert_gpt2_state_dict(hf_state: Mapping[str, torch.Tensor], config: GPTCon
     return converted
 
 
+def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`convert_gpt2_state_dict`: ``model``'s weights as OpenAI's GPT-2 files name them.
+
+    No ``transformer.`` prefix, Conv1D matrices as ``(in, out)``, the tied head only as ``wte.weight``
+    and each block's causal mask as an ``h.N.attn.bias`` buffer, exactly the layout of
+    ``model.safetensors`` on the Hub. Tensors are copies: changing them leaves ``model`` alone.
+    """
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":  # the same tensor as wte.weight
+            continue
+        key = name.removeprefix("transformer.")
+        state[key] = (tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor).detach().clone().contiguous()
+    T = model.config.block_size
+    for layer in range(model.config.n_layer):
+        state[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(1, 1, T, T)).to(model.transformer.wte.weight.dtype)
+    return state
+
+
 # --------------------------------------------------------------------------- downloading
 
 

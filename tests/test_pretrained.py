@@ -20,7 +20,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from lal import pretrained
 from lal.cli import main
 from lal.data import DownloadError
-from lal.pretrained import GPT2_RELEASES, GPT2Release, convert_gpt2_state_dict, gpt2_config, load_gpt2
+from lal.pretrained import (GPT2_RELEASES, GPT2Release, convert_gpt2_state_dict, gpt2_config, gpt2_state_dict,
+                            load_gpt2)
 from lal.sample import generate
 from local_server import LocalServer
 
@@ -101,6 +102,20 @@ def test_openai_layout_without_prefix_and_with_mask_buffers_loads(hf_model, hf_f
     model, _ = load_gpt2(tmp_path)
     ids = torch.tensor([[15496, 995, 13, 314]])
     torch.testing.assert_close(model(ids)[0].detach(), _hf_logits(hf_model, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_export_to_openai_layout_round_trips_through_safetensors(tmp_path, hf_model, hf_folder) -> None:
+    model, _ = load_gpt2(hf_folder)
+    exported = gpt2_state_dict(model)
+    assert set(exported) == {name.removeprefix("transformer.") for name in hf_model.state_dict()
+                             if name != "lm_head.weight"} | {f"h.{i}.attn.bias" for i in range(SMALL["n_layer"])}
+    torch.testing.assert_close(exported["h.0.mlp.c_fc.weight"], hf_model.transformer.h[0].mlp.c_fc.weight,
+                               rtol=0, atol=0)  # Conv1D's (in, out) again
+    save_file(exported, tmp_path / "model.safetensors")
+    shutil.copy(hf_folder / "config.json", tmp_path / "config.json")
+    again, _ = load_gpt2(tmp_path)
+    for (name, ours), theirs in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(ours, theirs), name
 
 
 # --------------------------------------------------------------------------- bad input, one line each

@@ -19,7 +19,7 @@ import torch
 
 from lal.checks.common import Forbidden, call, expect_close, passed
 from lal.model import GPT, GPTConfig, expected_parameters, preset_config
-from lal.pretrained import CONV1D_WEIGHTS, convert_gpt2_state_dict, load_gpt2, load_gpt2_folder
+from lal.pretrained import convert_gpt2_state_dict, gpt2_state_dict, load_gpt2, load_gpt2_folder
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "total")
 
@@ -178,21 +178,6 @@ _NO_CONVERTER = Forbidden(
 )
 
 
-def openai_layout(model: GPT) -> dict[str, torch.Tensor]:
-    """A lal GPT's weights as GPT-2's files on the Hub store them: no ``transformer.`` prefix, Conv1D
-    matrices as (in, out), the head only as ``wte``, and a causal-mask buffer per layer."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue
-        key = name.removeprefix("transformer.")
-        state[key] = (tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor).clone().contiguous()
-    T = model.config.block_size
-    for layer in range(model.config.n_layer):
-        state[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(1, 1, T, T))
-    return state
-
-
 def _load_hint(error: RuntimeError) -> str:
     text = str(error)
     shape = re.search(r"size mismatch for ([\w.]+): copying a param with shape torch.Size\(\[(\d+), (\d+)\]\)"
@@ -230,7 +215,7 @@ def check_gpt2_to_lal(gpt2_to_lal: Callable[[Mapping[str, torch.Tensor]], Mappin
             for name, param in original.named_parameters():
                 if param.dim() == 1:
                     param.normal_(0.0, 0.1, generator=generator).add_(1.0 if ".ln_" in name and "weight" in name else 0)
-        openai_state = openai_layout(original)
+        openai_state = gpt2_state_dict(original)
         before = {name: tensor.clone() for name, tensor in openai_state.items()}
         converted = call(gpt2_to_lal, "gpt2_to_lal", openai_state, forbidden=[_NO_CONVERTER])
         if not isinstance(converted, Mapping):
