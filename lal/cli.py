@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="pretrain a model on a dataset or on your own text",
-        description="Pretrain a GPT from scratch. Writes DIR/metrics.jsonl and the checkpoints "
-        "DIR/best.pt (lowest validation loss) and DIR/last.pt (to resume from).",
-        epilog="Example: lal train --dataset tinyshakespeare --tokenizer char --preset char-tiny --out runs/tiny",
+        description="Pretrain a GPT from scratch. Writes DIR/metrics.jsonl, the checkpoints "
+        "DIR/best.pt (lowest validation loss) and DIR/last.pt (to resume from), and DIR/MODEL_CARD.md.",
+        epilog="Example: lal train --dataset tinyshakespeare --tokenizer char --preset char-tiny --out runs/tiny\n"
+        "Several GPUs: torchrun --standalone --nproc_per_node 4 -m lal train --preset char-medium --out runs/ddp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = train.add_mutually_exclusive_group()
     source.add_argument("--dataset", default=None, help="a named dataset (default: tinyshakespeare)")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
     train.add_argument("--dropout", type=float, default=None,
-                       help="dropout probability in the model (default: the preset's, 0.0)")
+                       help="dropout probability in the model (default: the preset's: 0.2 for char-medium, else 0.0)")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate")
     train.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations")
     train.add_argument("--patience", type=int, default=None, help="stop after this many evaluations without improvement")
@@ -73,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
     train.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 1337)")
+    train.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto (default): bf16 where the GPU has it, fp16 + gradient scaler on older GPUs, fp32 on CPU/MPS")
     train.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the plan (memory per step, the batch that fits, time from a few timed steps) and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     generate = commands.add_parser(
@@ -164,7 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lal.checkpoint import load_checkpoint
     from lal.data import prepare_text_data
     from lal.device import seed_everything
+    from lal.distributed import init_distributed, shutdown_distributed
     from lal.model import GPT, preset_config
+    from lal.plan import out_of_memory_advice, plan_run
     from lal.train import default_train_config, train
 
     cfg = default_train_config(args.preset)
@@ -184,8 +192,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg, name, value)
     cfg.compile = cfg.compile or args.compile
+    cfg.precision = args.precision
     cfg.out_dir = str(args.out)
     cfg.progress = not args.quiet
+    context, cfg.device = init_distributed(cfg.device)  # rank 0 of 1 unless started by torchrun
+    say = print if context.is_main else _silent
 
     # A resumed run must keep its tokenizer: the ids it was trained on.
     tokenizer = load_checkpoint(args.out / "last.pt").tokenizer if args.resume else None
@@ -197,18 +208,62 @@ def cmd_train(args: argparse.Namespace) -> int:
     shape = dict(block_size=args.block_size, dropout=args.dropout)
     model = GPT(preset_config(args.preset, vocab_size=data.tokenizer.vocab_size,
                               **{name: value for name, value in shape.items() if value is not None}))
-    print(
+    say(
         f"Training {args.preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {data.description}: "
         f"{len(data.train):,} training and {len(data.val):,} validation tokens, "
         f"{data.tokenizer.name} tokenizer with {data.tokenizer.vocab_size} tokens."
     )
-    history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
-    print(
-        f"Done after {history.step[-1] if history.step else 0} steps: best validation loss "
-        f"{history.best_val_loss:.4f} at step {history.best_step} ({history.stopped_reason}). "
-        f"Checkpoints and metrics.jsonl are in {args.out}/."
-    )
+    if args.dry_run:
+        say(plan_run(model, cfg, train_data=data.train, val_data=data.val).summary())
+        return 0
+    say(_schedule_text(cfg, context.world_size, model.config.block_size))
+    try:
+        history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
+    except torch.OutOfMemoryError:
+        raise ValueError(out_of_memory_advice(cfg, cfg.block_size or model.config.block_size, cfg.device)) from None
+    finally:
+        shutdown_distributed()
+    if context.is_main:
+        card = _write_model_card(args, cfg, history, data, context.world_size)
+        print(
+            f"Done after {history.step[-1] if history.step else 0} steps: best validation loss "
+            f"{history.best_val_loss:.4f} at step {history.best_step} ({history.stopped_reason}). "
+            f"Checkpoints, metrics.jsonl and {card.name} are in {args.out}/."
+        )
     return 0
+
+
+def _silent(*_args: object, **_kwargs: object) -> None:
+    """print() for the processes of a distributed run other than rank 0: they say nothing."""
+
+
+def _schedule_text(cfg, world_size: int, model_block_size: int) -> str:
+    block_size = cfg.block_size or model_block_size
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
+    return (
+        f"Global batch {global_batch} windows × {block_size} tokens = {global_batch * block_size:,} tokens per step "
+        f"({cfg.batch_size} per micro-batch × {cfg.grad_accum_steps} accumulation × {world_size} process(es)); "
+        f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps, then cosine to {cfg.min_lr:g} "
+        f"at step {cfg.decay_steps}; {cfg.max_steps} steps."
+    )
+
+
+def _write_model_card(args: argparse.Namespace, cfg, history, data, world_size: int) -> Path:
+    """MODEL_CARD.md for the run's best checkpoint (rank 0 only)."""
+    from lal.bench import device_name
+    from lal.checkpoint import load_checkpoint
+    from lal.data import dataset_path
+    from lal.device import pick_device, precision_name
+    from lal.model_card import DataInfo, write_model_card
+
+    device = pick_device(cfg.device)
+    best = load_checkpoint(args.out, device=device)  # best.pt, else last.pt
+    path = args.text if args.text is not None else dataset_path(args.dataset or "tinyshakespeare")
+    info = DataInfo.from_file(data.description, path, len(data.train), len(data.val))
+    hardware = device_name(device) + (f" × {world_size} processes" if world_size > 1 else "")
+    precision = precision_name(device, cfg.precision) + (", torch.compile" if cfg.compile else "")
+    return write_model_card(args.out, best.model, best.tokenizer, cfg, history, info, preset=args.preset,
+                            hardware=hardware, precision=precision, world_size=world_size)
 
 
 def _print_stream(piece: str) -> None:

@@ -82,7 +82,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # name           layers heads width  context   ≈ parameters (char vocab 65 / BPE vocab as noted)
     "char-tiny": dict(n_layer=2, n_head=4, n_embd=128, block_size=64),  # ≈ 0.4M (fastest to 1.89 on a CPU)
     "char-small": dict(n_layer=6, n_head=6, n_embd=240, block_size=256),  # ≈ 4M
-    "char-medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # ≈ 10.7M (nanoGPT's shakespeare-char)
+    # ≈ 10.7M: nanoGPT's shakespeare-char, dropout included (10M parameters overfit 1M characters without it)
+    "char-medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
     "bpe-tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),  # ≈ 1M with a 2k vocabulary
     "bpe-small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # ≈ 11M with a 2k vocabulary
     "bpe-medium": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),  # ≈ 27M with a 4k vocabulary

@@ -145,7 +145,7 @@ def write_model_card(
         f"| shape | {config.n_layer} layers, {config.n_head} heads, width {config.n_embd}, context "
         f"{config.block_size}, dropout {config.dropout}, {config.attn_impl} attention |",
         f"| training tokens per parameter | {data.train_tokens / n_params:.2f} (distinct); "
-        f"{tokens_seen / n_params:.1f} read in training |",
+        f"{tokens_seen / n_params:.3g} read in training |",
         "",
         "## Training",
         "",

@@ -90,7 +90,7 @@ class RunPlan:
 
     @property
     def n_evals(self) -> int:
-        return self.max_steps // self.eval_interval + 1
+        return self.max_steps // self.eval_interval + 1 + (self.max_steps % self.eval_interval > 0)  # and at the end
 
     @property
     def estimated_s(self) -> float:
@@ -236,12 +236,12 @@ def plan_run(
     )
 
 
-def out_of_memory_advice(cfg: TrainConfig, block_size: int, device: torch.device | str) -> str:
+def out_of_memory_advice(cfg: TrainConfig, block_size: int, device: torch.device | str | None = None) -> str:
     """What to say when training runs out of memory: the settings to lower, with values to try."""
     half = max(cfg.batch_size // 2, 1)
     accum = cfg.grad_accum_steps * max(cfg.batch_size // half, 1)
     return (
-        f"Out of {torch.device(device).type} memory with micro-batches of {cfg.batch_size} windows × {block_size} "
+        f"Out of {torch.device(device).type if device is not None else 'device'} memory with micro-batches of {cfg.batch_size} windows × {block_size} "
         f"tokens. Lower --batch-size (e.g. --batch-size {half} --grad-accum-steps {accum} trains the same global "
         f"batch in less memory), or --block-size, or pick a smaller --preset. `lal train --dry-run` shows what fits."
     )
