@@ -7,11 +7,12 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOK_TIMEOUT ?= 300
 
-.PHONY: help install lab test unit notebooks-test exercises notebooks headers bench clean
+.PHONY: help install lab test test-browser unit notebooks-test exercises notebooks headers bench clean
 
 help:
 	@echo "make lab        install (first time only) and start JupyterLab in notebooks/"
 	@echo "make test       install (first time only) and run all tests"
+	@echo "make test-browser  JupyterLab in Chromium: run every widget notebook, turn its sliders"
 	@echo "make unit       unit tests of the lal package only"
 	@echo "make exercises  regenerate exercises/ from solutions/"
 	@echo "make notebooks  re-execute every chapter and solutions notebook in place"
@@ -32,6 +33,11 @@ lab: install
 test: install
 	$(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(NOTEBOOK_TIMEOUT) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+
+# Needs a Chromium from the system's package manager (apt-get install chromium) or LAL_CHROMIUM.
+test-browser: install
+	$(PYTHON) -m pip install --quiet -e ".[browser]"
+	LAL_BROWSER_TESTS=1 $(PYTHON) -m pytest tests/browser -q
 
 unit: install
 	$(PYTHON) -m pytest tests -q

@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lal.checkpoint import load_checkpoint
     from lal.data import prepare_text_data
     from lal.device import seed_everything
-    from lal.distributed import init_distributed, shutdown_distributed
+    from lal.distributed import init_distributed, main_process_first
     from lal.model import GPT, preset_config
     from lal.plan import out_of_memory_advice, plan_run
     from lal.train import default_train_config, train
@@ -200,10 +200,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # A resumed run must keep its tokenizer: the ids it was trained on.
     tokenizer = load_checkpoint(args.out / "last.pt").tokenizer if args.resume else None
-    data = prepare_text_data(
-        dataset=args.dataset, text_path=args.text, tokenizer_kind=args.tokenizer, vocab_size=args.vocab_size,
-        tokenizer=tokenizer, token_file=args.out / "tokens.bin",
-    )
+    with main_process_first():  # under torchrun, one process downloads and writes the token file
+        data = prepare_text_data(
+            dataset=args.dataset, text_path=args.text, tokenizer_kind=args.tokenizer, vocab_size=args.vocab_size,
+            tokenizer=tokenizer, token_file=args.out / "tokens.bin",
+        )
     seed_everything(cfg.seed)  # the same --seed gives the same initial weights
     shape = dict(block_size=args.block_size, dropout=args.dropout)
     model = GPT(preset_config(args.preset, vocab_size=data.tokenizer.vocab_size,
@@ -221,8 +222,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
     except torch.OutOfMemoryError:
         raise ValueError(out_of_memory_advice(cfg, cfg.block_size or model.config.block_size, cfg.device)) from None
-    finally:
-        shutdown_distributed()
     if context.is_main:
         card = _write_model_card(args, cfg, history, data, context.world_size)
         print(

@@ -246,7 +246,8 @@ def describe_environment() -> str:
 
 
 def _short_path(path: str) -> str:
-    """``path`` relative to the working folder when it is inside the repository, else from ``~``.
+    """``path`` relative to the working folder when it is inside the repository, else from ``~``,
+    else its last two folders (``…/envs/lal``).
 
     Enough to tell which Python a kernel runs, without writing a machine's folders into the
     outputs that notebooks store.
@@ -258,7 +259,10 @@ def _short_path(path: str) -> str:
     if not relative.startswith(os.path.join(os.pardir, os.pardir)):
         return relative
     home = os.path.expanduser("~")
-    return "~" + path[len(home):] if path.startswith(home + os.sep) else path
+    if path.startswith(home + os.sep):
+        return "~" + path[len(home):]
+    parts = [part for part in os.path.normpath(path).split(os.sep) if part]
+    return path if len(parts) <= 2 else os.path.join("…", *parts[-2:])
 
 
 def _describe_device(device: torch.device) -> str:

@@ -29,7 +29,10 @@ On two machines with 8 GPUs each (run on both; ``--node_rank`` 0 and 1, the addr
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +84,7 @@ def init_distributed(device: str | None = None) -> tuple[DistributedContext, str
         device = "cpu"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(shutdown_distributed)  # leave the group however the run ends
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size), device
 
 
@@ -114,3 +118,17 @@ def gather_objects(value: object) -> list[object]:
     gathered: list[object] = [None] * context.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the others: files it writes (a token file, a
+    download) are then written once and read by everyone, never written by all at once."""
+    context = current_context()
+    if context.is_distributed and not context.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if context.is_distributed and context.is_main:
+            dist.barrier()

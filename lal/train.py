@@ -12,10 +12,12 @@ The loop is the one chapter 5 builds by hand, plus what a real run needs:
   evaluations without improvement (early stopping), or when a callback asks;
 * **divergence**: a NaN or infinite loss stops training at once with :class:`TrainingDivergedError`;
   nothing is saved after the last good evaluation, so ``last.pt`` still holds good weights;
-* **speed**: mixed precision where the device has it (bf16 on CUDA, fp16 with a gradient scaler
-  on older GPUs), fused attention and fused AdamW, optional ``torch.compile``, and no host-device
-  synchronisation between evaluations on a GPU (losses are summed on the device and read at
-  evaluation time).
+* **speed**: mixed precision where the device has it (bf16 on CUDA GPUs that compute it natively,
+  fp16 with a gradient scaler on older ones; ``TrainConfig.precision`` overrides), fused attention
+  and fused AdamW, optional ``torch.compile``, and no host-device synchronisation between
+  evaluations on a GPU (losses are summed on the device and read at evaluation time);
+* **several processes**: under ``torchrun`` the model is wrapped in DistributedDataParallel, each
+  rank draws its own windows, evaluation is shared and only rank 0 writes (``lal.distributed``).
 
 The ``train_loss`` reported at an evaluation is the mean loss of the training batches since the
 previous evaluation. It costs nothing extra (those losses were computed anyway), but it is an
@@ -428,7 +430,7 @@ class _Trainer:
         self.step_model = self.eval_model
         if self.dist.is_distributed:  # gradients averaged across processes after each backward
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_model = DistributedDataParallel(self.eval_model, device_ids=device_ids, broadcast_buffers=False)
+            self.step_model = DistributedDataParallel(self.eval_model, device_ids=device_ids)
         self.optimizer = make_optimizer(self.model, cfg)
         # Only float16 needs loss scaling; everywhere else the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.device, cfg.precision))
@@ -445,11 +447,6 @@ class _Trainer:
         # Reading a CPU tensor costs nothing, so there a NaN is caught before it reaches the weights
         # (not across processes: one rank stopping alone would leave the others waiting forever).
         self.check_every_step = _reads_are_free(self.device) and not self.dist.is_distributed
-
-    @property
-    def global_batch_size(self) -> int:
-        """Windows per optimiser step, over all micro-batches and all processes."""
-        return self.cfg.batch_size * self.cfg.grad_accum_steps * self.dist.world_size
 
     # ------------------------------------------------------------------ the loop
 
@@ -515,7 +512,7 @@ class _Trainer:
         """Evaluate, record, save, notify callbacks; return True when training should stop."""
         cfg, state = self.cfg, self.state
         train_loss = self._mean_and_check(self.step_losses, check=True)
-        grad_norm = self._mean_and_check(self.step_grad_norms, check=False)  # finite norms only: see there
+        grad_norm = self._mean_and_check(self.step_grad_norms, check=False)
         self.step_losses, self.step_grad_norms = [], []
         val_loss = self._validation_loss()
         elapsed_s = state.elapsed_before_s + time.perf_counter() - start_time
@@ -726,10 +723,17 @@ def train(
 
     ``resume=True`` continues from ``out_dir/last.pt``: weights, optimizer, step, history and
     random-generator states, so the result equals a run that was never interrupted.
-    Raises :class:`TrainingDivergedError` if the loss becomes NaN or infinite.
+    Raises :class:`TrainingDivergedError` if the loss becomes NaN or infinite, and
+    ``torch.OutOfMemoryError`` with the settings to lower when a step does not fit in memory.
     """
     trainer = _Trainer(model, train_data, val_data, cfg or TrainConfig(), tokenizer, tuple(callbacks))
-    return trainer.run(resume)
+    try:
+        return trainer.run(resume)
+    except torch.OutOfMemoryError as error:  # say which setting to lower, not only how many bytes were missing
+        from lal.plan import out_of_memory_advice
+
+        advice = out_of_memory_advice(trainer.cfg, trainer.block_size, trainer.device)
+        raise torch.OutOfMemoryError(f"{advice} ({str(error).splitlines()[0][:200]})") from error
 
 
 #: The run object behind :func:`train`, public for tools that time or plan single steps.

@@ -15,6 +15,9 @@ matplotlib.use("Agg")  # tests never open windows
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
+#: The browser tests (tests/browser) need Chromium and Playwright: `make test-browser` runs them.
+collect_ignore = [] if os.environ.get("LAL_BROWSER_TESTS") == "1" else ["browser"]
+
 
 #: Set by CI (``.ci/run``) when it provides the offline data: a test that needs that data then
 #: fails instead of skipping, so a broken data set-up cannot pass as "skipped".

@@ -130,6 +130,13 @@ def test_compile_without_triton_on_a_gpu_trains_uncompiled_and_says_so(hardware,
     assert compiled is not model and compiled._orig_mod is model
 
 
+def test_describe_environment_tells_a_t4_it_gets_fp16_with_a_scaler(hardware) -> None:
+    hardware.cuda, hardware.bf16, hardware.name = True, False, "Tesla T4"
+    assert "device  cuda (Tesla T4; no native bf16: fp16 autocast with a gradient scaler)" in describe_environment()
+    hardware.bf16, hardware.name = True, "NVIDIA L4"
+    assert "device  cuda (NVIDIA L4; bf16 autocast)" in describe_environment()
+
+
 def test_autocast_on_cpu_changes_nothing() -> None:
     a = torch.randn(4, 4)
     with autocast("cpu"):
@@ -164,8 +171,10 @@ def test_describe_environment_names_the_environment_not_the_interpreter_alias(mo
     assert "environment" in lines[0] and "bin" not in lines[0]
 
 
-def test_describe_environment_tells_a_t4_it_gets_fp16_with_a_scaler(hardware) -> None:
-    hardware.cuda, hardware.bf16, hardware.name = True, False, "Tesla T4"
-    assert "device  cuda (Tesla T4; no native bf16: fp16 autocast with a gradient scaler)" in describe_environment()
-    hardware.bf16, hardware.name = True, "NVIDIA L4"
-    assert "device  cuda (NVIDIA L4; bf16 autocast)" in describe_environment()
+def test_environment_paths_outside_the_repository_and_home_keep_only_their_last_folders(monkeypatch, tmp_path) -> None:
+    (tmp_path / "work" / "repo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "repo")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert lal_device._short_path("/opt/conda/envs/lal") == os.path.join("…", "envs", "lal")
+    assert lal_device._short_path(str(tmp_path / "home" / "venv")) == "~/venv"
+    assert lal_device._short_path(str(tmp_path / "work" / "repo" / ".venv")) == ".venv"

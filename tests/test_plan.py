@@ -80,3 +80,16 @@ def test_out_of_memory_advice_names_the_settings_to_lower() -> None:
     advice = out_of_memory_advice(small_cfg(batch_size=64, grad_accum_steps=1), 256, "cuda")
     assert advice.startswith("Out of cuda memory with micro-batches of 64 windows × 256 tokens.")
     assert "--batch-size 32 --grad-accum-steps 2" in advice and "--block-size" in advice and "--dry-run" in advice
+
+
+def test_running_out_of_memory_in_train_names_the_settings(monkeypatch) -> None:
+    from lal import train as lal_train
+
+    def out_of_memory(self) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(lal_train._Trainer, "_train_step", out_of_memory)
+    tokens = torch.randint(0, 50, (2000,))
+    with pytest.raises(torch.OutOfMemoryError, match=r"micro-batches of 16 windows × 32 tokens.*--batch-size 8 "
+                                                     r"--grad-accum-steps 2.*Tried to allocate 2\.00 GiB"):
+        lal_train.train(GPT(CONFIG), tokens[:1800], tokens[1800:], small_cfg())

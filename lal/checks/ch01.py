@@ -1,284 +1,49 @@
-"""Checks for chapter 1's exercises: bigram counts, bigram probabilities, cross-entropy, sampling.
+"""Checks for chapter 1's exercises: cross-entropy, label-smoothed cross-entropy, sampling by hand.
 
 Each check compares the learner's function with a reference written with PyTorch on ordinary and
-edge cases. When the answer is wrong, it also computes what the classic mistakes give (a
-transposed count table, rows normalised down the columns, a sum instead of a mean, a softmax over
-the wrong dimension, an ``exp`` that overflows, …) and names the one the learner's output
-matches, so the message says what to fix, not only that something is off. All randomness comes
-from local generators: a check never moves the learner's global RNG.
+edge cases. When the answer is wrong, it also computes what the classic mistakes give (a sum
+instead of a mean, a softmax over the wrong dimension, an ``exp`` that overflows, the smoothing
+spread over V − 1 classes, …) and names the one the learner's output matches, so the message
+says what to fix, not only that something is off. Each exercise's rules (no ``F.cross_entropy``,
+no ``torch.multinomial``) are enforced by :class:`lal.checks.common.Forbidden`. All randomness
+comes from local generators: a check never moves the learner's global RNG.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from lal.checks.common import (
+    Forbidden,
     Mistakes,
     call,
     compare,
     expect_close,
     expect_tensor,
     expect_unchanged,
-    matching_mistake,
     passed,
 )
 
+# --------------------------------------------------------------------------- Exercise 1.1: cross-entropy
 
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------- Exercise 1.1: counting
-
-
-def _reference_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """counts[a, b] = how often id b directly follows id a; (V, V) long."""
-    pairs = ids[:-1] * vocab_size + ids[1:]  # one number per (current, next) pair
-    return torch.bincount(pairs, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
-
-
-def _count_mistakes(ids: torch.Tensor, vocab_size: int) -> Mistakes:
-    expected = _reference_counts(ids, vocab_size)
-    wrapped = expected.clone()
-    if len(ids) > 0:
-        wrapped[ids[-1], ids[0]] += 1
-    self_pairs = torch.diag(torch.bincount(ids[:-1], minlength=vocab_size))
-    return [
-        (
-            "Your table is transposed: counts[a, b] must count how often b FOLLOWS a, so the row is the "
-            "current token and the column the next one (counts[ids[i], ids[i + 1]] += 1).",
-            expected.T,
-        ),
-        (
-            "You counted one pair too many: (last token, first token). The text does not wrap around: "
-            "there are len(ids) - 1 pairs, ids[i] followed by ids[i + 1] for i < len(ids) - 1.",
-            wrapped,
-        ),
-        (
-            "Repeated pairs were counted once: `counts[ids[:-1], ids[1:]] += 1` writes each (a, b) cell once "
-            "however often it appears. Loop over the pairs, or use counts.index_put_(..., accumulate=True) "
-            "or torch.bincount.",
-            (expected > 0).long(),
-        ),
-        (
-            "The last pair (ids[-2], ids[-1]) is missing: loop over i in range(len(ids) - 1), or pair "
-            "ids[:-1] with ids[1:].",
-            _reference_counts(ids[:-1], vocab_size) if len(ids) > 1 else expected,
-        ),
-        (
-            "The first pair (ids[0], ids[1]) is missing: pair ids[:-1] with ids[1:].",
-            _reference_counts(ids[1:], vocab_size) if len(ids) > 1 else expected,
-        ),
-        (
-            "You paired each token with itself (counts[ids[i], ids[i]]): the column is the NEXT token, ids[i + 1].",
-            self_pairs,
-        ),
-        (
-            "You paired each token with the one two places later: the next token of ids[i] is ids[i + 1].",
-            _pairs_at_distance(ids, vocab_size, 2),
-        ),
-    ]
-
-
-def _pairs_at_distance(ids: torch.Tensor, vocab_size: int, distance: int) -> torch.Tensor:
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    if len(ids) > distance:
-        ones = torch.ones(len(ids) - distance, dtype=torch.long)
-        counts.index_put_((ids[:-distance], ids[distance:]), ones, accumulate=True)
-    return counts
-
-
-def check_bigram_counts(bigram_counts: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
-    """Exercise 1.1: ``bigram_counts(ids, vocab_size)`` must count every (current, next) pair."""
-    g = torch.Generator().manual_seed(11)
-    cases = [  # (what, ids, vocab_size)
-        ("ids [0, 1, 1, 2, 0, 1] with vocab_size 4 (id 3 never occurs)", torch.tensor([0, 1, 1, 2, 0, 1]), 4),
-        ("200 random ids below 7", torch.randint(7, (200,), generator=g), 7),
-        ("a sequence that starts and ends with different ids", torch.tensor([2, 0, 0, 1, 2, 2, 1, 0]), 3),
-        ("1,000 random ids below 30, vocab_size 33", torch.randint(30, (1000,), generator=g), 33),
-        ("two ids, [3, 1]: exactly one pair", torch.tensor([3, 1]), 5),
-        ("a single id: no pairs at all", torch.tensor([2]), 3),
-    ]
-    for what, ids, vocab_size in cases:
-        before = ids.clone()
-        out = call(bigram_counts, "bigram_counts", ids, vocab_size)
-        if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape != (vocab_size, vocab_size):
-            raise AssertionError(
-                f"`bigram_counts` returned shape {tuple(out.shape)} for {what}; expected "
-                f"({vocab_size}, {vocab_size}). Use the `vocab_size` argument for the table's size, not "
-                "ids.max() + 1: a token that never occurs still needs its row and column."
-            )
-        actual = expect_tensor(out, "bigram_counts", (vocab_size, vocab_size))
-        expect_unchanged(before, ids, "bigram_counts", "ids")
-        if actual.dtype != torch.long:
-            raise AssertionError(
-                f"`bigram_counts` returned dtype {actual.dtype}; counts are whole numbers, so return "
-                "torch.long (create the table with torch.zeros(V, V, dtype=torch.long), or call .long())."
-            )
-        expected = _reference_counts(ids, vocab_size)
-        if torch.equal(actual, expected):
-            continue
-        total = int(actual.sum())
-        message = matching_mistake(actual, _count_mistakes(ids, vocab_size), atol=0, rtol=0)
-        if message is None:
-            message = (
-                f"`bigram_counts` is wrong for {what}: counts[a, b] must be the number of positions i with "
-                f"ids[i] == a and ids[i + 1] == b. Your table holds {total} pairs in all; there are "
-                f"len(ids) - 1 = {len(ids) - 1}."
-            )
-        raise AssertionError(message)
-    passed("bigram_counts", len(cases))
-
-
-# --------------------------------------------------------------------------- Exercise 1.2: probabilities
-
-
-def _reference_probs(counts: torch.Tensor, smoothing: float) -> torch.Tensor:
-    smoothed = counts.double() + smoothing
-    return smoothed / smoothed.sum(dim=1, keepdim=True)
-
-
-def _probs_mistakes(counts: torch.Tensor, smoothing: float) -> Mistakes:
-    c = counts.double()
-    smoothed = c + smoothing
-    mistakes: Mistakes = [
-        (
-            "Your columns sum to 1, not your rows: you normalised over dim 0. Row a is the distribution "
-            "of the token that follows a, so divide each row by its own sum: .sum(dim=1, keepdim=True).",
-            smoothed / smoothed.sum(dim=0, keepdim=True),
-        ),
-        (
-            "A row sum without keepdim=True has shape (V,) and broadcasts along the wrong axis (it divides "
-            "column b by the sum of ROW b). Use smoothed.sum(dim=1, keepdim=True), shape (V, 1).",
-            smoothed / smoothed.sum(dim=1),
-        ),
-        (
-            "You divided by the sum of the whole table: that gives the probability of each PAIR, but "
-            "row a must be a distribution over the next token, so divide each row by its own sum.",
-            smoothed / smoothed.sum(),
-        ),
-        (
-            "You added the smoothing after normalising (or to the numerator only): add it to every count "
-            "first, then divide each row by its new sum.",
-            c / c.sum(dim=1, keepdim=True).clamp_min(1e-300) + smoothing,
-        ),
-        (
-            "You added the smoothing only to the counts that are 0. Add-`smoothing` smoothing adds it to "
-            "EVERY count: (counts + smoothing), then normalise the rows.",
-            _normalise_rows(torch.where(c == 0, torch.full_like(c, smoothing), c)),
-        ),
-    ]
-    if smoothing != 0:
-        mistakes.append((
-            f"You ignored the smoothing ({smoothing:g} was passed): add it to every count before normalising.",
-            _normalise_rows(c),
-        ))
-    if smoothing != 1:
-        mistakes.append((
-            f"You added 1 although smoothing={smoothing:g} was passed: use the `smoothing` argument.",
-            _normalise_rows(c + 1),
-        ))
-    return mistakes
-
-
-def _normalise_rows(matrix: torch.Tensor) -> torch.Tensor:
-    sums = matrix.sum(dim=1, keepdim=True)
-    return matrix / torch.where(sums == 0, torch.ones_like(sums), sums)
-
-
-def check_bigram_probs(bigram_probs: Callable[..., torch.Tensor]) -> None:
-    """Exercise 1.2: ``bigram_probs(counts, smoothing=1.0)`` must give smoothed, row-normalised probabilities."""
-    g = torch.Generator().manual_seed(12)
-    sparse = torch.randint(0, 50, (6, 6), generator=g) * (torch.rand(6, 6, generator=g) < 0.5)
-    sparse[2] = 0  # a token that was never followed by anything (the last character of a text)
-    dense = torch.randint(1, 20, (5, 5), generator=g)
-    cases = [  # (what, counts, smoothing or None for the default)
-        ("a (6, 6) table with many zeros, default smoothing", sparse, None),
-        ("the same table, smoothing=0.5", sparse, 0.5),
-        ("a (5, 5) table without zeros, smoothing=0", dense, 0.0),
-        ("a (5, 5) table, smoothing=3", dense, 3.0),
-        ("a (4, 4) float table, smoothing=1", torch.rand(4, 4, generator=g, dtype=torch.float64) * 10, 1.0),
-    ]
-    for what, counts, smoothing in cases:
-        before = counts.clone()
-        kwargs = {} if smoothing is None else {"smoothing": smoothing}
-        out = call(bigram_probs, "bigram_probs", counts, **kwargs)
-        actual = expect_tensor(out, "bigram_probs", tuple(counts.shape))
-        expect_unchanged(before, counts, "bigram_probs", "counts")
-        if not actual.dtype.is_floating_point:
-            raise AssertionError(
-                f"`bigram_probs` returned dtype {actual.dtype}: probabilities are fractions, so the result "
-                "must be a float tensor (counts.float() before dividing, or use `/`, not `//`)."
-            )
-        value = 1.0 if smoothing is None else smoothing
-        expected = _reference_probs(counts, value)
-        row_sums = actual.double().sum(dim=1)
-        otherwise = (
-            f"`bigram_probs` is wrong for {what}: P[a, b] = (counts[a, b] + smoothing) / "
-            "(sum over b' of counts[a, b'] + smoothing)."
-        )
-        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-5):
-            otherwise += f" Each row must sum to 1; yours sum to {[round(s, 3) for s in row_sums.tolist()]}."
-        if smoothing is None:
-            otherwise += " The default smoothing is 1.0 (add-one smoothing)."
-        compare(actual, expected, _probs_mistakes(counts, value), otherwise, atol=1e-6, rtol=1e-5)
-    passed("bigram_probs", len(cases))
-
-
-# --------------------------------------------------------------------------- Exercise 1.3: cross-entropy
-
-#: Functions that would compute the answer (or its hard part) for the learner, per exercise.
-_CROSS_ENTROPY_BUILTINS = (
-    (F, "cross_entropy"),
-    (F, "nll_loss"),
-    (F, "log_softmax"),
-    (torch, "log_softmax"),
-    (torch, "logsumexp"),
-    (torch.Tensor, "log_softmax"),
-    (torch.Tensor, "logsumexp"),
+#: What the two cross-entropy exercises rebuild: the library's loss and its hard part, in every spelling
+#: (``F.log_softmax``, ``torch.log_softmax``, ``x.log_softmax()``, ``torch.special.log_softmax``, ...).
+NO_LIBRARY_CROSS_ENTROPY = Forbidden(
+    what="a library log-softmax, log-sum-exp or cross-entropy",
+    why="the exercise is about writing it yourself with max, exp, log, sum and indexing "
+    "(outside this exercise, do use F.cross_entropy)",
+    torch_names=("cross_entropy", "nll_loss", "log_softmax", "logsumexp", "cross_entropy_loss", "kl_div"),
 )
-_SAMPLING_BUILTINS = ((torch, "multinomial"), (torch.Tensor, "multinomial"))
 
 
-@contextlib.contextmanager
-def _refusing(builtins: tuple[tuple[Any, str], ...], exercise: str, instead: str) -> Iterator[None]:
-    """Make ready-made library functions fail with a hint, for the duration of the learner's call."""
-    saved = [(owner, name, vars(owner).get(name)) for owner, name in builtins]
-
-    def refuse(name: str) -> Callable[..., Any]:
-        def refused(*args: Any, **kwargs: Any) -> Any:
-            raise AssertionError(f"`{exercise}` called {name}: this exercise is about writing it yourself, {instead}")
-
-        return refused
-
-    try:
-        for owner, name, _ in saved:
-            setattr(owner, name, refuse(name))
-        yield
-    finally:
-        for owner, name, original in saved:
-            if original is None:  # the method was inherited (torch.Tensor's from its C base class)
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-
-
-def _without_library_cross_entropy() -> contextlib.AbstractContextManager[None]:
-    return _refusing(
-        _CROSS_ENTROPY_BUILTINS,
-        "cross_entropy",
-        "with max, exp, log, sum and indexing. (Outside this exercise, do use F.cross_entropy.)",
-    )
+_SHAPE_HINT = (
+    "A shape error here usually means a max or sum taken without keepdim=True: logits.max(dim=1) has "
+    "shape (N,), which cannot broadcast against the (N, V) logits; keepdim=True gives (N, 1)."
+)
 
 
 def _cross_entropy_mistakes(logits: torch.Tensor, targets: torch.Tensor) -> Mistakes:
@@ -331,6 +96,14 @@ def _cross_entropy_mistakes(logits: torch.Tensor, targets: torch.Tensor) -> Mist
             -x[rows, targets].mean(),
         ),
     ]
+    if n == v:  # only a square batch lets a max or sum without keepdim broadcast silently (over the wrong axis)
+        m = x.max(dim=1).values  # (N,): broadcasts as a ROW, so column j gets row j's max
+        no_keepdim = x - (m + torch.log(torch.exp(x - m).sum(dim=1)))
+        mistakes.append((
+            "A max or sum without keepdim=True: its shape (N,) broadcasts along the wrong axis (column j "
+            "gets row j's value; a square batch hides the shape error). Use keepdim=True, shape (N, 1).",
+            -no_keepdim[rows, targets].mean(),
+        ))
     return mistakes
 
 
@@ -343,13 +116,12 @@ def _stability_hint(logits: torch.Tensor) -> str:
     )
 
 
-def check_cross_entropy(cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """Exercise 1.3: ``cross_entropy(logits, targets)`` must equal ``F.cross_entropy``, stably."""
-    g = torch.Generator().manual_seed(13)
+def _loss_cases(g: torch.Generator) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(what, logits, targets): ordinary batches, a square one, one row, and logits of ±1000."""
     rows_apart = torch.randn(4, 6, generator=g)
     rows_apart[:2] += 1000.0  # two rows near +1000, two near -1000: one global max is not enough
     rows_apart[2:] -= 1000.0
-    cases = [  # (what, logits, targets)
+    return [
         (
             "a (3, 4) batch: 3 positions, vocabulary of 4",
             torch.tensor([[2.0, 1.0, 0.1, -1.0], [0.5, 2.5, -0.3, 0.0], [-1.0, 0.0, 1.0, 3.0]]),
@@ -357,74 +129,70 @@ def check_cross_entropy(cross_entropy: Callable[[torch.Tensor, torch.Tensor], to
         ),
         ("a (5, 7) batch", 3 * torch.randn(5, 7, generator=g), torch.randint(7, (5,), generator=g)),
         ("a square (6, 6) batch", 2 * torch.randn(6, 6, generator=g), torch.tensor([5, 0, 3, 3, 1, 4])),
-        (
-            "a (40, 65) batch of character logits",
-            torch.randn(40, 65, generator=g),
-            torch.randint(65, (40,), generator=g),
-        ),
+        ("a (40, 65) batch of character logits", torch.randn(40, 65, generator=g), torch.randint(65, (40,), generator=g)),
+        ("a (3, 1000) batch: a vocabulary of 1,000", torch.randn(3, 1000, generator=g), torch.tensor([999, 0, 517])),
         ("one position, (1, 10)", torch.randn(1, 10, generator=g), torch.tensor([7])),
-        (
-            "large logits ≈ 1000 (every row)",
-            1000.0 + torch.randn(4, 5, generator=g),
-            torch.tensor([1, 0, 4, 2]),
-        ),
+        ("large logits ≈ 1000 (every row)", 1000.0 + torch.randn(4, 5, generator=g), torch.tensor([1, 0, 4, 2])),
         (
             "logits [1000, 0, -1000] where the target has probability ≈ e^-1000",
             torch.tensor([[1000.0, 0.0, -1000.0], [-1000.0, 1000.0, 0.0]]),
             torch.tensor([2, 2]),
         ),
         ("rows near +1000 and rows near -1000 in one batch", rows_apart, torch.tensor([0, 5, 2, 3])),
-        (
-            "a float64 (8, 3) batch",
-            5 * torch.randn(8, 3, generator=g, dtype=torch.float64),
-            torch.randint(3, (8,), generator=g),
-        ),
+        ("a float64 (8, 3) batch", 5 * torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randint(3, (8,), generator=g)),
     ]
-    for what, logits, targets in cases:
+
+
+def _check_loss(
+    candidate: Callable[..., torch.Tensor],
+    name: str,
+    cases: list[tuple[str, torch.Tensor, torch.Tensor, tuple[Any, ...]]],
+    reference: Callable[..., torch.Tensor],
+    mistakes: Callable[..., Mistakes],
+    formula: str,
+) -> None:
+    """Run a loss exercise on ``cases`` (what, logits, targets, extra arguments): value, shape, stability."""
+    for what, logits, targets, extra in cases:
         logits_before, targets_before = logits.clone(), targets.clone()
-        with _without_library_cross_entropy():
-            out = call(cross_entropy, "cross_entropy", logits, targets)
+        out = call(candidate, name, logits, targets, *extra, hint=_SHAPE_HINT, forbidden=[NO_LIBRARY_CROSS_ENTROPY])
         if isinstance(out, (float, int)):
             raise AssertionError(
-                "`cross_entropy` returned a Python number; return the tensor itself (no .item()), so that "
+                f"`{name}` returned a Python number; return the tensor itself (no .item()), so that "
                 "loss.backward() can compute gradients."
             )
         if isinstance(out, torch.Tensor) and out.dim() > 0:
             raise AssertionError(
-                f"`cross_entropy` returned a tensor of shape {tuple(out.shape)} for {what}; the loss is ONE "
+                f"`{name}` returned a tensor of shape {tuple(out.shape)} for {what}; the loss is ONE "
                 "number, a 0-dim tensor: take the .mean() over the per-position losses."
             )
-        actual = expect_tensor(out, "cross_entropy", ())
-        expect_unchanged(logits_before, logits, "cross_entropy", "logits")
-        expect_unchanged(targets_before, targets, "cross_entropy", "targets")
-        expected = F.cross_entropy(logits.double(), targets)
-        otherwise = (
-            f"`cross_entropy` is wrong for {what}: the mean over rows i of −log softmax(logits[i])[targets[i]]."
-        )
+        actual = expect_tensor(out, name, ())
+        expect_unchanged(logits_before, logits, name, "logits")
+        expect_unchanged(targets_before, targets, name, "targets")
+        expected = reference(logits.double(), targets, *extra)
+        otherwise = f"`{name}` is wrong for {what}: {formula}"
         large = logits.abs().max() >= 100
         if large:
             otherwise += _stability_hint(logits)
         if not torch.isfinite(actual).all():
             why = _stability_hint(logits) if large else " Look for a log(0) or a 0/0 in your steps."
-            raise AssertionError(f"`cross_entropy` returned {actual.item()} for {what}." + why)
-        compare(actual, expected, _cross_entropy_mistakes(logits, targets), otherwise, atol=1e-4, rtol=1e-5)
-    _check_cross_entropy_gradient(cross_entropy, g)
-    passed("cross_entropy", len(cases) + 1)
+            raise AssertionError(f"`{name}` returned {actual.item()} for {what}." + why)
+        compare(actual, expected, mistakes(logits, targets, *extra), otherwise, atol=1e-4, rtol=1e-5)
 
 
-def _check_cross_entropy_gradient(cross_entropy: Callable[..., torch.Tensor], g: torch.Generator) -> None:
-    """The loss must be differentiable: its gradient is (softmax(logits) − one_hot(targets)) / N."""
+def _check_loss_gradient(
+    candidate: Callable[..., torch.Tensor], name: str, g: torch.Generator, extra: tuple[Any, ...], target_dist: Callable[..., torch.Tensor]
+) -> None:
+    """The loss must be differentiable: its gradient is (softmax(logits) − target distribution) / N."""
     logits = (2 * torch.randn(5, 4, generator=g)).requires_grad_()
     targets = torch.tensor([0, 3, 1, 1, 2])
-    with _without_library_cross_entropy():
-        loss = call(cross_entropy, "cross_entropy", logits, targets)
+    loss = call(candidate, name, logits, targets, *extra, hint=_SHAPE_HINT, forbidden=[NO_LIBRARY_CROSS_ENTROPY])
     if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
         raise AssertionError(
-            "The loss of `cross_entropy` has no gradient with respect to the logits: keep every step in "
+            f"The loss of `{name}` has no gradient with respect to the logits: keep every step in "
             "torch (no .item(), .detach(), .numpy() or torch.tensor(...) around intermediate results)."
         )
     (grad,) = torch.autograd.grad(loss, logits)
-    expected = (torch.softmax(logits.detach(), dim=1) - F.one_hot(targets, 4)) / 5
+    expected = (torch.softmax(logits.detach(), dim=1) - target_dist(targets, 4)) / 5
     expect_close(
         grad,
         expected,
@@ -434,7 +202,103 @@ def _check_cross_entropy_gradient(cross_entropy: Callable[..., torch.Tensor], g:
     )
 
 
-# --------------------------------------------------------------------------- Exercise 1.4: sampling
+def check_cross_entropy(cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Exercise 1.1: ``cross_entropy(logits, targets)`` must equal ``F.cross_entropy``, stably."""
+    g = torch.Generator().manual_seed(13)
+    cases = [(what, logits, targets, ()) for what, logits, targets in _loss_cases(g)]
+    _check_loss(
+        cross_entropy,
+        "cross_entropy",
+        cases,
+        F.cross_entropy,
+        _cross_entropy_mistakes,
+        "the mean over rows i of −log softmax(logits[i])[targets[i]].",
+    )
+    _check_loss_gradient(cross_entropy, "cross_entropy", g, (), lambda t, v: F.one_hot(t, v).float())
+    passed("cross_entropy", len(cases) + 1)
+
+
+# --------------------------------------------------------------------------- Exercise 1.2: label smoothing
+
+
+def _smoothed_reference(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+
+
+def _smoothing_mistakes(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> Mistakes:
+    x = logits.detach().double()
+    n, v = x.shape
+    rows = torch.arange(n)
+    log_probs = x.log_softmax(dim=1)
+    nll = -log_probs[rows, targets]  # (N,)
+    all_classes = -log_probs.sum(dim=1)  # (N,): Σ_j −log p_j
+    others = all_classes - nll
+    mistakes: Mistakes = []
+    if v > 1:
+        mistakes.append((
+            f"You spread the smoothing over the V − 1 OTHER tokens (ε/(V−1) each, the target keeps 1 − ε). "
+            "This exercise (and F.cross_entropy's label_smoothing) spreads ε over ALL V tokens, the target "
+            "included: the target gets 1 − ε + ε/V, every other token ε/V.",
+            ((1 - smoothing) * nll + smoothing / (v - 1) * others).mean(),
+        ))
+    mistakes += [
+        (
+            "You summed −log p over the V tokens for the smoothing term instead of averaging: the uniform "
+            "part of the target puts ε/V on each token, so the term is ε · mean_j(−log p_j).",
+            ((1 - smoothing) * nll + smoothing * all_classes).mean(),
+        ),
+        (
+            "The plain cross-entropy is missing its factor (1 − ε): the smoothed target gives the true "
+            "token 1 − ε (+ its ε/V share), so loss = (1 − ε)·(−log p_target) + ε·mean_j(−log p_j).",
+            (nll + smoothing * all_classes / v).mean(),
+        ),
+        (
+            f"Your loss equals the plain cross-entropy: the smoothing (ε = {smoothing:g}) was ignored.",
+            nll.mean(),
+        ),
+        (
+            "You swapped the weights: ε goes with the uniform term, 1 − ε with the target's −log p.",
+            (smoothing * nll + (1 - smoothing) * all_classes / v).mean(),
+        ),
+        (
+            "Your loss is N times too large: you summed over the rows instead of taking their mean.",
+            ((1 - smoothing) * nll + smoothing * all_classes / v).sum(),
+        ),
+    ]
+    return [(m, value) for m, value in mistakes if smoothing != 0 or "ignored" not in m]
+
+
+def check_label_smoothed_cross_entropy(
+    label_smoothed_cross_entropy: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor],
+) -> None:
+    """Exercise 1.2: ``label_smoothed_cross_entropy(logits, targets, smoothing)`` must equal
+    ``F.cross_entropy(logits, targets, label_smoothing=smoothing)``, stably."""
+    g = torch.Generator().manual_seed(14)
+    smoothings = [0.1, 0.25, 0.0, 0.05, 1.0, 0.3, 0.1, 0.2, 0.1, 0.4]
+    cases = [
+        (f"{what}, smoothing={eps:g}", logits, targets, (eps,))
+        for (what, logits, targets), eps in zip(_loss_cases(g), smoothings)
+    ]
+    cases.append(("a (4, 2) batch: two tokens, smoothing=0.5", torch.randn(4, 2, generator=g), torch.tensor([0, 1, 1, 0]), (0.5,)))
+    _check_loss(
+        label_smoothed_cross_entropy,
+        "label_smoothed_cross_entropy",
+        cases,
+        _smoothed_reference,
+        _smoothing_mistakes,
+        "the mean over rows of (1 − ε)·(−log p[target]) + ε·mean over all V tokens of (−log p).",
+    )
+    _check_loss_gradient(
+        label_smoothed_cross_entropy,
+        "label_smoothed_cross_entropy",
+        g,
+        (0.2,),
+        lambda t, v: 0.8 * F.one_hot(t, v).float() + 0.2 / v,
+    )
+    passed("label_smoothed_cross_entropy", len(cases) + 1)
+
+
+# --------------------------------------------------------------------------- Exercise 1.3: sampling
 
 
 def _as_id_list(out: Any, n: int) -> list[int]:
@@ -469,19 +333,48 @@ def _rounded(matrix: torch.Tensor) -> list[list[float]]:
     return [[round(p, 2) for p in row] for row in matrix.tolist()]
 
 
+NO_MULTINOMIAL = Forbidden(
+    what="torch.multinomial",
+    why="the exercise is about drawing from uniform random numbers: u = torch.rand(1, generator=generator), "
+    "then the number of cumulative probabilities ≤ u (outside this exercise, do use torch.multinomial)",
+    torch_names=("multinomial",),
+)
+_CLAMP_HINT = (
+    "An index out of range here usually means u was above the last cumulative sum (a row that sums to "
+    "0.999 after rounding, or 0.99999994 in float32), which gives id V: clamp the id to at most V − 1."
+)
+
+
 def _sample(sample_bigram: Callable[..., Any], probs: torch.Tensor, start_id: int, n: int, seed: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
-    instead = (
-        "from uniform random numbers: u = torch.rand(1, generator=generator), then the number of "
-        "cumulative probabilities ≤ u. (Outside this exercise, do use torch.multinomial.)"
-    )
-    with _refusing(_SAMPLING_BUILTINS, "sample_bigram", instead):
-        out = call(sample_bigram, "sample_bigram", probs, start_id, n, generator)
-    return _as_id_list(out, n)
+    out = call(sample_bigram, "sample_bigram", probs, start_id, n, generator, hint=_CLAMP_HINT, forbidden=[NO_MULTINOMIAL])
+    ids = _as_id_list(out, n)
+    outside = [i for i in ids if not 0 <= i < len(probs)]
+    if outside:
+        raise AssertionError(
+            f"`sample_bigram` returned id {outside[0]}, but the ids of a ({len(probs)}, {len(probs)}) table go "
+            f"from 0 to {len(probs) - 1}. {_CLAMP_HINT}"
+        )
+    return ids
+
+
+def _column_cumsum_walk(probs: torch.Tensor, start_id: int, n: int) -> list[int]:
+    """The ids when the cumulative sums run down the columns and u is 0.5 (what such code draws on a 0/1 table)."""
+    cumulative = torch.cumsum(probs, dim=0)
+    last = len(probs) - 1
+    return _walk(cumulative, start_id, n, lambda row: min(int((row <= 0.5).sum()), last))
+
+
+def _walk(probs: torch.Tensor, start_id: int, n: int, choose: Callable[[torch.Tensor], int]) -> list[int]:
+    ids, current = [], start_id
+    for _ in range(n):
+        current = choose(probs[current])
+        ids.append(current)
+    return ids
 
 
 def check_sample_bigram(sample_bigram: Callable[..., Any]) -> None:
-    """Exercise 1.4: ``sample_bigram(probs, start_id, n, generator)`` must walk the bigram chain."""
+    """Exercise 1.3: ``sample_bigram(probs, start_id, n, generator)`` must walk the bigram chain."""
     with torch.random.fork_rng(devices=[]):  # the learner's global RNG is left where it was
         # 1. A chain with no randomness: id a is always followed by cycle[a].
         cycle = torch.tensor([3, 4, 0, 1, 2])  # one cycle through all five: 2 → 0 → 3 → 1 → 4 → 2
@@ -502,6 +395,16 @@ def check_sample_bigram(sample_bigram: Callable[..., Any]) -> None:
                 message = (
                     "You sampled from a COLUMN of probs: the distribution of the token after id a is the ROW "
                     "probs[a] (rows sum to 1)."
+                )
+            elif actual == _walk(certain, 2, 12, lambda row: min(int(torch.argmax(row)) + 1, 4)):
+                message = (
+                    "Your ids are one too high: the sampled id is the NUMBER of cumulative sums that are ≤ u "
+                    "(id j when c[j − 1] ≤ u < c[j]), with no + 1 — id 0 is drawn when u < c[0]."
+                )
+            elif actual == _column_cumsum_walk(certain, 2, 12):
+                message = (
+                    "You took the cumulative sum down the COLUMNS (dim=0): each ROW is a distribution, so "
+                    "cumsum along it, torch.cumsum(probs, dim=1) (or torch.cumsum(probs[a], 0))."
                 )
             elif actual == [int(cycle[2])] * 12:
                 message = (
@@ -532,11 +435,21 @@ def check_sample_bigram(sample_bigram: Callable[..., Any]) -> None:
         transitions.index_put_((path[:-1], path[1:]), torch.ones(n), accumulate=True)
         observed = transitions / transitions.sum(dim=1, keepdim=True).clamp_min(1)
         if (observed - probs).abs().max() > 0.05:
-            if bool((transitions.count_nonzero(dim=1) <= 1).all()):
+            deterministic = bool((transitions.count_nonzero(dim=1) <= 1).all())
+            seeds_agree = deterministic and all(
+                _sample(sample_bigram, probs, 0, 200, seed=seed) == first[:200] for seed in (1, 2, 3, 4)
+            )
+            if seeds_agree and first == _walk(probs, 0, n, lambda row: int(torch.argmax(row))):
                 message = (
-                    "Each token is always followed by the same id: you took the most likely next token "
-                    "(argmax), which is greedy decoding, not sampling. Draw u = torch.rand(1, generator=generator) "
+                    "Each token is always followed by its most likely successor, whatever the seed: you took "
+                    "the argmax, which is greedy decoding, not sampling. Draw u = torch.rand(1, generator=generator) "
                     "and pick the id whose stretch of the cumulative probabilities contains u."
+                )
+            elif deterministic:
+                message = (
+                    "Each token is always followed by the same id within one call (though other seeds change "
+                    "it): you drew ONE random number u, before the loop, and reused it for every step. Draw a "
+                    "new u = torch.rand(1, generator=generator) inside the loop, once per token."
                 )
             else:
                 message = (
@@ -566,4 +479,14 @@ def check_sample_bigram(sample_bigram: Callable[..., Any]) -> None:
                 "Generators with different seeds gave the same ids: are you creating your own generator "
                 "instead of using the one passed in?"
             )
-    passed("sample_bigram", 5)
+        # 4. Rows that sum to a little less than 1 (probabilities rounded to 3 decimals): now and then u
+        #    lands above the last cumulative sum, and the id must still be a valid one (the last).
+        rounded = torch.tensor([[0.25, 0.25, 0.499]] * 3)
+        rare = _sample(sample_bigram, rounded, 0, 10000, seed=7)
+        if rare.count(2) < 0.45 * len(rare):
+            raise AssertionError(
+                "On rows that sum to 0.999 (probabilities rounded to three decimals), your ids drift away "
+                "from the probabilities: keep the rule 'the number of cumulative sums ≤ u', and clamp it "
+                "to V − 1 for the rare u above the last sum."
+            )
+    passed("sample_bigram", 6)

@@ -1,9 +1,12 @@
-"""Checks for chapter 2's exercises: pair counts, the BPE merge, BPE training, embedding lookup.
+"""Checks for chapter 2's exercises: the BPE merge, BPE encoding with a merge table, a bag of embeddings.
 
 The BPE checks compare the learner's function with ``lal.tokenizers`` on hand-picked cases, each
-named for what it tests (overlapping pairs, a pair at the very end, a reversed pair, ties, non-ASCII
-text, empty input, …), so a failure says which rule was broken. Random cases use a local
-``random.Random``: a check never moves the learner's global RNG.
+named for what it tests (overlapping pairs, a pair at the very end, a reversed pair, ids with
+several digits beside the pair, merges given out of order, non-ASCII text, empty input, …), so a
+failure says which rule was broken. The embedding check forbids every lookup (``F.embedding``,
+``weight[ids]``, ``index_select``, ``gather``, ``take``) through :class:`lal.checks.common.Forbidden`.
+Random cases use a local ``random.Random`` or ``torch.Generator``: a check never moves the learner's
+global RNG.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lal.checks.common import call, expect_close, passed
+from lal.checks.common import Forbidden, call, expect_close, passed, row_lookup_of
+from lal.tokenizers import BPETokenizer
 from lal.tokenizers import bpe_merge as _reference_merge
 from lal.tokenizers import get_pair_counts as _reference_counts
 from lal.tokenizers import most_frequent_pair as _reference_most_frequent
@@ -32,59 +36,7 @@ def _random_ids(rng: random.Random, length: int, alphabet: int) -> list[int]:
     return [rng.randrange(alphabet) for _ in range(length)]
 
 
-# --------------------------------------------------------------------------- Exercise 2.1: pair counts
-
-
-_COUNT_CASES: list[tuple[list[int], str]] = [
-    ([1, 2, 3, 1, 2, 4], "an ordinary sequence"),
-    ([1, 1, 1], "overlapping pairs: in [1, 1, 1] the pair (1, 1) occurs twice (positions 0-1 and 1-2)"),
-    ([1, 1, 1, 1], "a run of four equal tokens: (1, 1) occurs three times"),
-    ([7, 3], "two tokens: exactly one pair"),
-    ([3, 9, 4], "the last pair (9, 4) must be counted, and (4, 3) must not: the text does not wrap around"),
-    ([5], "a single token: no pairs, so {}"),
-    ([], "an empty list: no pairs, so {}"),
-]
-
-
-def check_get_pair_counts(candidate: Callable[[list[int]], Mapping]) -> None:
-    """Check ``get_pair_counts(ids) -> {(a, b): count}`` against ``lal.tokenizers.get_pair_counts``."""
-    rng = random.Random(0)
-    cases = list(_COUNT_CASES)
-    cases += [(_random_ids(rng, 40, 4), "a random sequence with many repeated pairs") for _ in range(5)]
-    for ids, what in cases:
-        before = list(ids)
-        result = call(candidate, "get_pair_counts", ids, hint=f"The case: {what}.")
-        if ids != before:
-            raise AssertionError("`get_pair_counts` changed its input list: count the pairs without modifying `ids`.")
-        if not isinstance(result, Mapping):
-            raise AssertionError(f"`get_pair_counts` should return a dict, but returned {type(result).__name__}.")
-        expected = _reference_counts(ids)
-        result = dict(result)
-        if result == expected:
-            continue
-        hint = ""
-        bad_keys = [key for key in result if not (isinstance(key, tuple) and len(key) == 2)]
-        wrapped = dict(expected)
-        if len(ids) >= 2:
-            wrapped[(ids[-1], ids[0])] = wrapped.get((ids[-1], ids[0]), 0) + 1
-        if bad_keys:
-            hint = f" The keys must be pairs (tuples of two ints), such as (1, 2); you used {bad_keys[0]!r}."
-        elif {(b, a): n for (a, b), n in result.items()} == expected:
-            hint = " Your pairs are reversed: the key is (ids[i], ids[i + 1]), the left token first."
-        elif len(ids) >= 2 and result == wrapped:
-            hint = " You counted the pair (last token, first token): the sequence does not wrap around."
-        elif set(result) == set(expected):
-            hint = (" You found the right pairs with the wrong counts: every occurrence counts, overlapping ones "
-                    "included.")
-        elif len(ids) >= 2 and result == _reference_counts(ids[:-1]):
-            hint = " The last pair is missing: there are len(ids) - 1 pairs, (ids[i], ids[i + 1]) for i < len(ids) - 1."
-        raise AssertionError(
-            f"get_pair_counts({ids}) returned {result}, expected {expected} (the case: {what}).{hint}"
-        )
-    passed("get_pair_counts", len(cases))
-
-
-# --------------------------------------------------------------------------- Exercise 2.2: merge
+# --------------------------------------------------------------------------- Exercise 2.1: merge
 
 
 _MERGE_CASES: list[tuple[list[int], tuple[int, int], int, str]] = [
@@ -99,6 +51,10 @@ _MERGE_CASES: list[tuple[list[int], tuple[int, int], int, str]] = [
     ([1], (1, 2), 9, "a single token"),
     ([], (1, 2), 9, "an empty list"),
     ([1, 2], (1, 2), 256, "exactly the pair"),
+    ([11, 2, 1, 21, 1, 2, 12, 1, 2, 1], (1, 2), 9,
+     "ids with several digits next to the pair: 11, 2 is not 1, 2 (compare ids, never their text)"),
+    ([1, 12, 1, 2, 112], (1, 2), 300, "the pair (1, 2) beside 12 and 112"),
+    ([256, 257, 2561, 257, 256, 2572], (256, 257), 1000, "large ids: (256, 257) beside 2561 and 2572"),
 ]
 
 
@@ -132,6 +88,24 @@ def _merge_mistakes(ids: list[int], pair: tuple[int, int], new_id: int) -> list[
     ]
 
 
+def _merge_as_text(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int] | None:
+    """What a string replace on the ids' text gives (None when its result is not a list of ints)."""
+    for sep in (", ", " "):
+        text = sep.join(map(str, ids)).replace(f"{pair[0]}{sep}{pair[1]}", str(new_id))
+        try:
+            return [int(part) for part in text.split(sep)] if text else []
+        except ValueError:
+            continue
+    return None
+
+
+NO_LIBRARY_MERGE = Forbidden(
+    what="lal's BPE (lal.tokenizers.bpe_merge or BPETokenizer)",
+    why="the exercise is about writing the merge step yourself",
+    python_functions=(_reference_merge, BPETokenizer),
+)
+
+
 def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
     """Check ``bpe_merge(ids, pair, new_id) -> list`` against ``lal.tokenizers.bpe_merge``."""
     rng = random.Random(0)
@@ -141,7 +115,7 @@ def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[
         cases.append((ids, (ids[3], ids[4]), 99, "a random sequence with many repeats"))
     for ids, pair, new_id, what in cases:
         before = list(ids)
-        result = call(candidate, "bpe_merge", ids, pair, new_id, hint=f"The case: {what}.")
+        result = call(candidate, "bpe_merge", ids, pair, new_id, hint=f"The case: {what}.", forbidden=[NO_LIBRARY_MERGE])
         if ids != before:
             raise AssertionError(
                 f"`bpe_merge` changed its input list (called with ids={before}, pair={pair}). The caller still "
@@ -156,6 +130,13 @@ def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[
             raise AssertionError("`bpe_merge` returned its input list itself: return a new list.")
         expected = _reference_merge(ids, pair, new_id)
         if result != expected:
+            as_text = _merge_as_text(before, pair, new_id)
+            if as_text is not None and result == as_text:
+                raise AssertionError(
+                    f"bpe_merge({before}, {pair}, {new_id}) returned {result}, expected {expected}.\n"
+                    f"The case: {what}.\nYou replaced the pair in the TEXT of the ids: the digits of 11, 2 "
+                    "contain '1, 2' too. Compare the ids themselves, two neighbours at a time."
+                )
             hints = [message for message, wrong in _merge_mistakes(before, pair, new_id)
                      if wrong is not None and wrong != expected and result == wrong]
             raise AssertionError(
@@ -167,143 +148,203 @@ def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[
     passed("bpe_merge", len(cases))
 
 
-# --------------------------------------------------------------------------- Exercise 2.3: train BPE
+# --------------------------------------------------------------------------- Exercise 2.2: encode with merges
 
 
-def _reference_train(text: str, num_merges: int) -> list[tuple[tuple[int, int], int]]:
+def _reference_train(text: str, num_merges: int) -> dict[tuple[int, int], int]:
     """Byte-level BPE over the whole text as one sequence (no pre-split), with lal's helpers."""
     ids = list(text.encode("utf-8"))
-    merges = []
+    merges = {}
     for new_id in range(256, 256 + num_merges):
         if len(ids) < 2:
             break
         pair = _reference_most_frequent(_reference_counts(ids))
         ids = _reference_merge(ids, pair, new_id)
-        merges.append((pair, new_id))
+        merges[pair] = new_id
     return merges
 
 
-_TRAIN_CASES: list[tuple[str, int, str]] = [
-    ("aaabdaaabac", 3, "the example from the task"),
-    ("xyab", 1, "a tie: every pair occurs once, and the smallest pair (97, 98) = 'ab' must win, not the first one seen"),
-    ("hug pug pun bun hugs", 8, "ordinary text with ties"),
-    ("café, café, déjà vu", 6, "non-ASCII text: work on the UTF-8 bytes (é is the two bytes 195, 169), not on characters"),
-    ("aaaa", 5, "overlaps, and an early stop: 'aaaa' becomes one token after 2 merges, so only 2 merges are returned"),
-    ("To be, or not to be, that is the question:", 0, "num_merges = 0: no merges"),
-    ("a", 3, "a single byte: nothing to merge"),
-    ("", 3, "an empty text: nothing to merge"),
-    ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n", 25,
-     "a longer text: merges build on earlier merges, so recount the pairs after every merge"),
-]
-
-
-def _train_first_seen_ties(text: str, num_merges: int) -> list[tuple[tuple[int, int], int]]:
-    ids, merges = list(text.encode("utf-8")), []
-    for new_id in range(256, 256 + num_merges):
-        if len(ids) < 2:
-            break
-        counts = _reference_counts(ids)
-        pair = max(counts, key=counts.get)  # the first pair seen among the most frequent
+def _replay(ids: list[int], merges: list[tuple[tuple[int, int], int]]) -> list[int]:
+    for pair, new_id in merges:
         ids = _reference_merge(ids, pair, new_id)
-        merges.append((pair, new_id))
-    return merges
+    return ids
 
 
-def _train_counted_once(text: str, num_merges: int) -> list[tuple[tuple[int, int], int]]:
-    counts = _reference_counts(list(text.encode("utf-8")))
-    ranked = sorted(counts, key=lambda p: (-counts[p], p))[:num_merges]
-    return [(pair, 256 + i) for i, pair in enumerate(ranked)]
+def _reference_encode(text: str, merges: Mapping[tuple[int, int], int]) -> list[int]:
+    """Apply the merges in the order they were learned: the lowest new id first."""
+    return _replay(list(text.encode("utf-8")), sorted(merges.items(), key=lambda item: item[1]))
 
 
-def check_train_bpe(candidate: Callable[[str, int], list]) -> None:
-    """Check ``train_bpe(text, num_merges)`` against byte-level BPE built from ``lal.tokenizers``."""
-    for text, num_merges, what in _TRAIN_CASES:
-        result = call(candidate, "train_bpe", text, num_merges, hint=f"The case: {what}.")
-        if not isinstance(result, list):
-            raise AssertionError(f"`train_bpe` should return a list of ((left, right), new_id) tuples, got "
-                                 f"{type(result).__name__}.")
-        try:
-            result = [((int(pair[0]), int(pair[1])), int(new_id)) for pair, new_id in result]
-        except (TypeError, ValueError, IndexError):
+def _shuffled(merges: Mapping[tuple[int, int], int], seed: int) -> dict[tuple[int, int], int]:
+    items = list(merges.items())
+    random.Random(seed).shuffle(items)
+    return dict(items)
+
+
+_TRAINING_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n"
+)
+_CAFE_MERGES = {(195, 169): 256, (99, 97): 257, (257, 102): 258, (258, 256): 259}  # é, ca, caf, café
+
+
+def _encode_cases() -> list[tuple[str, dict[tuple[int, int], int], str]]:
+    """(text, merges, what): merges given in an order that is NOT the order they were learned."""
+    trained = _reference_train(_TRAINING_TEXT, 40)
+    aaab = {(256, 257): 258, (97, 97): 256, (97, 98): 257}
+    return [
+        ("aaaa", {(97, 97): 256, (256, 256): 257}, "a merge that builds on an earlier one: 'aaaa' → [257]"),
+        ("aaabdaaabac", aaab, "the example from the task: the merges come newest first in the dict"),
+        ("café au lait, café", _CAFE_MERGES,
+         "non-ASCII text: start from the UTF-8 bytes (é is the two bytes 195, 169), not from characters"),
+        ("hello", aaab, "no merge applies: the bytes come back"),
+        ("", aaab, "an empty text: []"),
+        ("Speak, citizens: resolved to famish, proceed no further.", _shuffled(trained, 1),
+         "40 merges learned from another text, in shuffled order, on a sentence they were not learned from"),
+        (_TRAINING_TEXT, _shuffled(trained, 2), "the text the 40 merges were learned from"),
+        ("abab", {(98, 97): 256, (97, 98): 257},
+         "two merges compete for the same bytes: (98, 97) was learned first (id 256), so 'abab' → [97, 256, 98]"),
+    ]
+
+
+def _encode_mistakes(text: str, merges: Mapping[tuple[int, int], int]) -> list[tuple[str, list[int]]]:
+    as_bytes = list(text.encode("utf-8"))
+    in_order = sorted(merges.items(), key=lambda item: item[1])
+    frequent: list[int] = list(as_bytes)
+    while True:  # merging the most frequent known pair first, as if training again
+        counts = {pair: n for pair, n in _reference_counts(frequent).items() if pair in merges}
+        if not counts:
+            break
+        pair = _reference_most_frequent(counts)
+        frequent = _reference_merge(frequent, pair, merges[pair])
+    return [
+        ("You applied the merges in the dict's order. A dict of merges promises no order: apply them in "
+         "the order they were LEARNED, the lowest new id first (sorted(merges.items(), key=lambda m: m[1]), "
+         "or repeatedly merge the neighbouring pair with the lowest id in `merges`).", _replay(as_bytes, list(merges.items()))),
+        ("You started from the characters (ord(c)), not from the UTF-8 bytes: list(text.encode('utf-8')).",
+         _replay([ord(c) for c in text], in_order)),
+        ("You merged the most FREQUENT known pair first, as training does. Encoding replays the merges "
+         "in the order they were learned, the lowest new id first, whatever the counts in this text.", frequent),
+        ("You applied each merge in one pass over the merges, but only where both tokens were bytes: "
+         "merges build on earlier merges (258 = (256, 257)), so apply them in order to the current sequence.",
+         _replay(as_bytes, [m for m in in_order if max(m[0]) < 256])),
+    ]
+
+
+NO_LIBRARY_ENCODE = Forbidden(
+    what="lal's BPETokenizer",
+    why="the exercise is about encoding with the merge table yourself (lal.tokenizers.bpe_merge, the "
+    "package's version of exercise 2.1, is allowed)",
+    python_functions=(BPETokenizer, BPETokenizer.encode, BPETokenizer._encode_chunk),
+)
+
+
+def check_bpe_encode(candidate: Callable[[str, Mapping[tuple[int, int], int]], list[int]]) -> None:
+    """Check ``bpe_encode(text, merges)``: the merges, a dict in any order, applied in the order learned."""
+    cases = _encode_cases()
+    for text, merges, what in cases:
+        before = dict(merges)
+        result = call(candidate, "bpe_encode", text, merges, hint=f"The case: {what}.", forbidden=[NO_LIBRARY_ENCODE])
+        if dict(merges) != before or list(merges) != list(before):
+            raise AssertionError("`bpe_encode` changed the `merges` dict: leave it as it was (sort a copy of its items).")
+        if not isinstance(result, list) or not all(type(token) is int for token in result):
             raise AssertionError(
-                f"`train_bpe` should return a list of ((left, right), new_id) tuples, such as "
-                f"[((97, 97), 256), ...]; got {_short(result)}."
-            ) from None
-        expected = _reference_train(text, num_merges)
+                f"`bpe_encode` should return a list of Python ints, but returned {_short(result)} ({type(result).__name__})."
+            )
+        expected = _reference_encode(text, merges)
         if result == expected:
             continue
-        hint = ""
-        ids_given = [new_id for _, new_id in result]
-        if ids_given and ids_given != list(range(256, 256 + len(ids_given))):
-            hint = (f" Your new ids are {ids_given[:3]}...: merge i creates id 256 + i (ids 0-255 are the bytes), "
-                    "so the first merge is 256, then 257, ...")
-        elif result == _train_first_seen_ties(text, num_merges):
-            hint = (" Ties are broken wrongly: among equally frequent pairs take the SMALLEST pair, "
-                    "min(counts, key=lambda p: (-counts[p], p)); max(counts, key=counts.get) takes the first one seen.")
-        elif result == _train_counted_once(text, num_merges):
-            hint = (" You counted the pairs only once: after every merge the sequence changes, so count its pairs "
-                    "again (new pairs such as (256, 257) appear, merged ones disappear).")
-        elif len(result) > len(expected):
-            hint = " You returned too many merges: stop when fewer than two tokens are left."
-        elif len(result) < len(expected):
-            hint = f" You returned {len(result)} merges, expected {len(expected)}."
+        hints = [message for message, wrong in _encode_mistakes(text, merges) if wrong != expected and result == wrong]
         raise AssertionError(
-            f"train_bpe({text!r}, {num_merges}) returned {_short(result)},\n"
-            f"expected {_short(expected)}.\nThe case: {what}.{hint}"
+            f"bpe_encode({_short(text)}, ...) returned {_short(result)}, expected {_short(expected)}.\n"
+            f"The case: {what}." + (f"\n{hints[0]}" if hints else "")
         )
-    passed("train_bpe", len(_TRAIN_CASES))
+    passed("bpe_encode", len(cases))
 
 
-# --------------------------------------------------------------------------- Exercise 2.4: embedding
+# --------------------------------------------------------------------------- Exercise 2.3: bag of embeddings
 
 
-def check_embedding_lookup_as_matmul(candidate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """Check ``embedding_lookup_as_matmul(ids, weight)`` against ``F.embedding``: values, shape, dtype, gradient."""
-    generator = torch.Generator().manual_seed(0)
-    cases = [
-        ((7,), 10, 4, torch.float32, "a sequence of 7 ids"),
-        ((2, 5), 12, 6, torch.float32, "a batch (B, T) = (2, 5): keep the batch shape"),
-        ((3,), 65, 8, torch.float32, "ids that do not include the largest id V - 1: pass num_classes=V to F.one_hot"),
-        ((1,), 3, 2, torch.float32, "a single id"),
-        ((2, 3), 9, 5, torch.float64, "a float64 weight: cast the one-hot to weight.dtype, not to float32"),
+def _no_lookups(weight: torch.Tensor) -> list[Forbidden]:
+    why = ("the exercise asks for the lookup as a matrix product (counts of each id, times the weight), "
+           "the view that explains an embedding's gradient")
+    return [
+        Forbidden(
+            what="a lookup (F.embedding, F.embedding_bag, index_select, gather, take)",
+            why=why,
+            torch_names=("embedding", "embedding_bag", "index_select", "gather", "take", "take_along_dim"),
+        ),
+        Forbidden(what="an index into the weight (weight[ids])", why=why, torch_names=("__getitem__",),
+                  predicate=row_lookup_of(weight)),
     ]
-    for shape, V, C, dtype, what in cases:
+
+
+def check_mean_embedding(candidate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Check ``mean_embedding(ids, weight)``: (B, T) ids, (V, C) weight -> (B, C) mean of the rows, and its gradient."""
+    name = "mean_embedding"
+    generator = torch.Generator().manual_seed(0)
+    cases = [  # ((B, T), V, C, dtype, what)
+        ((2, 5), 10, 4, torch.float32, "a batch of 2 sequences of 5 ids"),
+        ((3, 4), 65, 8, torch.float32, "ids that do not include the largest id V − 1: pass num_classes=V to F.one_hot"),
+        ((1, 1), 3, 2, torch.float32, "a single id: its own row"),
+        ((2, 6), 4, 3, torch.float32, "repeated ids: an id that occurs twice counts twice in the mean"),
+        ((4, 9), 1000, 6, torch.float32, "a vocabulary of 1,000 and T = 9"),
+        ((2, 3), 9, 5, torch.float64, "a float64 weight: build the counts in weight.dtype"),
+        ((5, 5), 5, 7, torch.float32, "a square (5, 5) batch of ids over 5 tokens"),
+    ]
+    for (B, T), V, C, dtype, what in cases:
         weight = torch.randn(V, C, generator=generator, dtype=dtype)
-        high = V - 1 if "largest" in what else V  # ids below V - 1 in that case
-        ids = torch.randint(0, high, shape, generator=generator)
+        high = V - 1 if "largest" in what else V
+        ids = torch.randint(0, high, (B, T), generator=generator)
         if "largest" not in what:
-            ids.view(-1)[0] = V - 1
+            ids[0, 0] = V - 1
         learner_weight = weight.clone().requires_grad_(True)
         reference_weight = weight.clone().requires_grad_(True)
         ids_before = ids.clone()
-        result = call(candidate, "embedding_lookup_as_matmul", ids, learner_weight, hint=f"The case: {what}.")
+        hint = (f"The case: {what}. A shape error often means F.one_hot guessed V from the largest id "
+                "in the batch: pass num_classes=weight.size(0).")
+        result = call(candidate, name, ids, learner_weight, hint=hint, forbidden=_no_lookups(learner_weight))
         if not isinstance(result, torch.Tensor):
-            raise AssertionError(f"`embedding_lookup_as_matmul` should return a tensor, got {type(result).__name__}.")
-        expected = F.embedding(ids, reference_weight)
-        if tuple(result.shape) != tuple(expected.shape):
+            raise AssertionError(f"`{name}` should return a tensor, got {type(result).__name__}.")
+        expected = F.embedding(ids, reference_weight).mean(dim=1)  # (B, C)
+        if tuple(result.shape) != (B, C):
             raise AssertionError(
-                f"`embedding_lookup_as_matmul` returned shape {tuple(result.shape)} for ids of shape {shape} and a "
-                f"({V}, {C}) weight, expected {tuple(expected.shape)} (the case: {what}). The output keeps the ids' "
-                "shape and adds C at the end: one_hot(ids) is (..., V), times (V, C)."
+                f"`{name}` returned shape {tuple(result.shape)} for ids of shape {(B, T)} and a ({V}, {C}) weight, "
+                f"expected {(B, C)} (the case: {what}): one mean vector per sequence. The (B, V) counts of each "
+                "id, divided by T, times the (V, C) weight give (B, C)."
             )
         if result.dtype != expected.dtype:
-            raise AssertionError(
-                f"`embedding_lookup_as_matmul` returned dtype {result.dtype} for a {dtype} weight (the case: {what})."
-            )
+            raise AssertionError(f"`{name}` returned dtype {result.dtype} for a {dtype} weight (the case: {what}).")
         if not torch.equal(ids, ids_before):
-            raise AssertionError("`embedding_lookup_as_matmul` changed `ids` in place.")
+            raise AssertionError(f"`{name}` changed `ids` in place.")
+        summed = F.embedding(ids, weight).sum(dim=1)
+        if torch.allclose(result.detach().double(), summed.double(), atol=1e-5) and T > 1:
+            raise AssertionError(f"`{name}` returned the SUM of the rows, not their mean: divide by T = {T} (the case: {what}).")
+        batch_mean = F.embedding(ids, weight).mean(dim=(0, 1)).expand(B, C)
+        if torch.allclose(result.detach().double(), batch_mean.double(), atol=1e-5) and B > 1:
+            raise AssertionError(f"`{name}` averaged over the whole batch: each sequence (row of ids) gets its own mean.")
+        present = (F.one_hot(ids, V).sum(dim=1) > 0).to(dtype)  # (B, V): 1 for each id that occurs
+        presence = present / present.sum(dim=1, keepdim=True) @ weight
+        if torch.allclose(result.detach().double(), presence.double(), atol=1e-5) and not torch.allclose(
+            presence.double(), expected.detach().double(), atol=1e-5
+        ):
+            raise AssertionError(
+                f"`{name}` counted each id once however often it occurs (the case: {what}): an id that occurs "
+                "twice must weigh twice in the mean. Sum the one-hot vectors, do not just mark which ids occur."
+            )
         expect_close(result.detach(), expected.detach(),
-                     f"`embedding_lookup_as_matmul` gives the wrong rows (the case: {what}): output[..., :] must be "
-                     "row ids[...] of the weight. Did you multiply by weight.T, or build the one-hot wrongly?")
+                     f"`{name}` is wrong (the case: {what}): row b must be the mean of weight's rows ids[b, 0], …, "
+                     "ids[b, T − 1]. Build counts[b, v] = how often v occurs in ids[b], then (counts / T) @ weight. "
+                     "Did you multiply by weight.T, or count along the wrong axis?")
         if not result.requires_grad:
             raise AssertionError(
                 "The result carries no gradient back to `weight` (did you detach it, or use torch.no_grad()?): "
-                "the embedding table must learn through this lookup."
+                "the embedding table must learn through this product."
             )
         upstream = torch.randn(expected.shape, generator=generator, dtype=dtype)
         result.backward(upstream)
         expected.backward(upstream)
         expect_close(learner_weight.grad, reference_weight.grad,
                      f"The gradient with respect to `weight` is wrong (the case: {what}): it should be "
-                     "one_hot(ids)ᵀ @ grad_output, non-zero only in the rows of the ids used.")
-    passed("embedding_lookup_as_matmul", len(cases))
+                     "(counts / T)ᵀ @ grad_output, non-zero only in the rows of the ids used.")
+    passed(name, len(cases))

@@ -44,7 +44,10 @@ class Forbidden:
     function ``layer_norm``, and the method ``x.log_softmax()``, the functions
     ``torch.log_softmax``, ``F.log_softmax`` and ``torch.special.log_softmax`` (``special_log_softmax``)
     all carry the name. ``python_functions`` are plain Python functions or classes (a class
-    stands for its ``__init__``), matched by their code object, so aliases cannot dodge them either.
+    stands for its ``__init__``), matched by their code object, so aliases cannot dodge them either
+    (nor can a subclass, whose ``__init__`` runs the forbidden one). Private and operator spellings
+    of a torch name (``torch.ops.aten._log_softmax``, ``native_layer_norm``) match the public name
+    (:func:`canonical_name`).
     ``predicate`` narrows a torch name to some calls only: it gets the call's arguments and says
     whether this call breaks the rule (``weight[ids]`` is forbidden, ``weight[0]`` is not).
     """
@@ -76,6 +79,15 @@ def _violation(rule: Forbidden, name: str) -> ForbiddenCallError:
     )
 
 
+def canonical_name(name: str) -> str:
+    """The public name behind a torch callable's ``__name__``: ``special_log_softmax``,
+    ``_log_softmax`` (``torch.ops.aten._log_softmax``) and ``log_softmax.int`` all give ``log_softmax``,
+    and ``native_layer_norm`` gives ``layer_norm``, so a rule that names the public function also
+    catches its private and operator spellings."""
+    name = name.split(".")[0].lstrip("_")
+    return name.removeprefix("special_").removeprefix("native_")
+
+
 class _RuleMode(TorchFunctionMode):
     """Sees every torch function and tensor method called while it is active."""
 
@@ -83,13 +95,16 @@ class _RuleMode(TorchFunctionMode):
         super().__init__()
         self.rules = [rule for rule in rules if rule.torch_names]
         self.name = name
+        self.violation: ForbiddenCallError | None = None  # kept even if the learner's code swallows it
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's protocol)
         kwargs = kwargs or {}
         called = getattr(func, "__name__", "")
+        names = {called, canonical_name(called)}
         for rule in self.rules:
-            if called in rule.torch_names and (rule.predicate is None or rule.predicate(args, kwargs)):
-                raise _violation(rule, self.name)
+            if names & set(rule.torch_names) and (rule.predicate is None or rule.predicate(args, kwargs)):
+                self.violation = self.violation or _violation(rule, self.name)
+                raise self.violation
         return func(*args, **kwargs)
 
 
@@ -100,16 +115,21 @@ def forbid(rules: Sequence[Forbidden], name: str) -> Iterator[None]:
     Torch calls are watched by a :class:`~torch.overrides.TorchFunctionMode`, Python functions by
     a profile hook (``sys.setprofile``) that compares code objects; both are removed on exit,
     whatever happens, and the previous profile hook is restored.
+    A violation is reported even when the learner's code catches the error it raised (a broad
+    ``try``/``except``): it is raised again when the block ends.
     """
     codes = {_code_of(function): rule for rule in rules for function in rule.python_functions}
     previous_profile = sys.getprofile()
+    seen: list[ForbiddenCallError] = []
 
     def profile(frame: types.FrameType, event: str, arg: Any) -> None:
         if event == "call" and frame.f_code in codes:
             sys.setprofile(previous_profile)  # report once, and let the error unwind normally
-            raise _violation(codes[frame.f_code], name)
+            seen.append(_violation(codes[frame.f_code], name))
+            raise seen[-1]
 
-    with _RuleMode(rules, name):
+    mode = _RuleMode(rules, name)
+    with mode:
         if codes:
             sys.setprofile(profile)
         try:
@@ -117,6 +137,37 @@ def forbid(rules: Sequence[Forbidden], name: str) -> Iterator[None]:
         finally:
             if codes:
                 sys.setprofile(previous_profile)
+    if mode.violation is not None or seen:
+        raise mode.violation or seen[0]
+
+
+def _holds_integers(index: Any) -> bool:
+    """True for an index that picks rows by number: an int, an integer tensor, or a list of ints."""
+    if isinstance(index, bool):
+        return False
+    if isinstance(index, int):
+        return True
+    if isinstance(index, torch.Tensor):
+        return not index.dtype.is_floating_point and index.dtype != torch.bool
+    if isinstance(index, (list, tuple)):
+        return any(_holds_integers(item) for item in index)
+    return False
+
+
+def row_lookup_of(table: torch.Tensor) -> Callable[[tuple[Any, ...], dict[str, Any]], bool]:
+    """A :class:`Forbidden` predicate for ``__getitem__``: indexing ``table`` (or a copy of its shape)
+    by row numbers — ``table[ids]``, ``table[3]``, ``table[[1, 2]]`` — is a lookup; slices are not."""
+
+    def is_lookup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        if len(args) < 2 or not isinstance(args[0], torch.Tensor):
+            return False
+        indexed, index = args[0], args[1]
+        same = indexed.shape == table.shape or (
+            indexed.device.type != "meta" and indexed.untyped_storage().data_ptr() == table.untyped_storage().data_ptr()
+        )
+        return same and _holds_integers(index)
+
+    return is_lookup
 
 
 # --------------------------------------------------------------------------- calling the learner's code

@@ -1,94 +1,8 @@
-"""Chapter 1's classic mistakes: every function here must fail its check."""
+"""Chapter 1's classic mistakes: every function here must fail its check, with the message its pattern names."""
 
 import torch
 import torch.nn.functional as F
-
-# --------------------------------------------------------------------------- bigram_counts
-
-
-def transposed_counts(ids, vocab_size):
-    """Counts the pair with the next token as the row: counts[next, current]."""
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    for a, b in zip(ids[:-1].tolist(), ids[1:].tolist()):
-        counts[b, a] += 1
-    return counts
-
-
-def wraps_around(ids, vocab_size):
-    """Pairs the last token with the first, as if the text were a circle."""
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    for a, b in zip(ids.tolist(), torch.roll(ids, -1).tolist()):
-        counts[a, b] += 1
-    return counts
-
-
-def misses_last_pair(ids, vocab_size):
-    """Stops one pair early: range(len(ids) - 2)."""
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    for i in range(len(ids) - 2):
-        counts[ids[i], ids[i + 1]] += 1
-    return counts
-
-
-def size_from_data(ids, vocab_size):
-    """Sizes the table from the largest id seen instead of vocab_size."""
-    size = int(ids.max()) + 1
-    pairs = ids[:-1] * size + ids[1:]
-    return torch.bincount(pairs, minlength=size * size).view(size, size)
-
-
-def float_counts(ids, vocab_size):
-    """Counts correctly but in a float32 table (torch.zeros' default dtype)."""
-    counts = torch.zeros(vocab_size, vocab_size)
-    counts.index_put_((ids[:-1], ids[1:]), torch.ones(len(ids) - 1), accumulate=True)
-    return counts
-
-
-def overwrites_instead_of_accumulating(ids, vocab_size):
-    """Assigns with fancy indexing, so repeated pairs count once (index_put_ without accumulate)."""
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    counts[ids[:-1], ids[1:]] += 1
-    return counts
-
-
-# --------------------------------------------------------------------------- bigram_probs
-
-
-def normalises_columns(counts, smoothing=1.0):
-    """Divides by the column sums (dim=0), so columns sum to 1 instead of rows."""
-    smoothed = counts.float() + smoothing
-    return smoothed / smoothed.sum(dim=0, keepdim=True)
-
-
-def forgets_keepdim(counts, smoothing=1.0):
-    """Row sums without keepdim broadcast along the wrong axis."""
-    smoothed = counts.float() + smoothing
-    return smoothed / smoothed.sum(dim=1)
-
-
-def ignores_smoothing(counts, smoothing=1.0):
-    """Normalises the raw counts: an unseen pair gets probability 0 (and a row of zeros gets NaN)."""
-    counts = counts.float()
-    return counts / counts.sum(dim=1, keepdim=True)
-
-
-def smooths_in_place(counts, smoothing=1.0):
-    """Adds the smoothing to the caller's count table in place."""
-    counts += int(smoothing) if not counts.dtype.is_floating_point else smoothing
-    return counts / counts.sum(dim=1, keepdim=True)
-
-
-def divides_by_total(counts, smoothing=1.0):
-    """Normalises by the sum of the whole table: joint pair probabilities, not next-token ones."""
-    smoothed = counts.float() + smoothing
-    return smoothed / smoothed.sum()
-
-
-def always_adds_one(counts, smoothing=1.0):
-    """Hard-codes add-one smoothing and ignores the argument."""
-    smoothed = counts.float() + 1
-    return smoothed / smoothed.sum(dim=1, keepdim=True)
-
+from torch.nn.functional import log_softmax as renamed_log_softmax
 
 # --------------------------------------------------------------------------- cross_entropy
 
@@ -180,6 +94,104 @@ def uses_library(logits, targets):
     return F.cross_entropy(logits, targets)
 
 
+def no_keepdim(logits, targets):
+    """A max and a sum without keepdim: (N,) broadcasts along the wrong axis (a shape error when N ≠ V)."""
+    m = logits.max(dim=1).values
+    log_probs = logits - (m + torch.log(torch.exp(logits - m).sum(dim=1)))
+    return -log_probs[torch.arange(len(targets)), targets].mean()
+
+
+def special_log_softmax(logits, targets):
+    """torch.special.log_softmax: the library function under another namespace."""
+    return -torch.special.log_softmax(logits, dim=1)[torch.arange(len(targets)), targets].mean()
+
+
+def method_log_softmax(logits, targets):
+    """The tensor method x.log_softmax()."""
+    return -logits.log_softmax(dim=1)[torch.arange(len(targets)), targets].mean()
+
+
+def aliased_log_softmax(logits, targets):
+    """from torch.nn.functional import log_softmax as renamed_log_softmax."""
+    return -renamed_log_softmax(logits, dim=1)[torch.arange(len(targets)), targets].mean()
+
+
+def special_logsumexp(logits, targets):
+    """torch.special.logsumexp for the hard part."""
+    log_probs = logits - torch.special.logsumexp(logits, dim=1, keepdim=True)
+    return -log_probs[torch.arange(len(targets)), targets].mean()
+
+
+def swallows_the_refusal(logits, targets):
+    """Tries F.cross_entropy inside try/except and falls back to a naive formula when refused."""
+    try:
+        return F.cross_entropy(logits, targets)
+    except Exception:
+        probs = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
+        return -torch.log(probs[torch.arange(len(targets)), targets]).mean()
+
+
+# --------------------------------------------------------------------------- label_smoothed_cross_entropy
+
+
+def _log_probs(logits):
+    m = logits.max(dim=1, keepdim=True).values
+    return logits - m - torch.log(torch.exp(logits - m).sum(dim=1, keepdim=True))
+
+
+def spread_over_others(logits, targets, smoothing):
+    """ε / (V − 1) on each non-target token: the other convention, not F.cross_entropy's."""
+    log_probs = _log_probs(logits)
+    nll = -log_probs[torch.arange(len(targets)), targets]
+    others = -log_probs.sum(dim=1) - nll
+    return ((1 - smoothing) * nll + smoothing / (logits.size(1) - 1) * others).mean()
+
+
+def sums_over_classes(logits, targets, smoothing):
+    """ε times the SUM of −log p over the vocabulary instead of its mean."""
+    log_probs = _log_probs(logits)
+    nll = -log_probs[torch.arange(len(targets)), targets]
+    return ((1 - smoothing) * nll - smoothing * log_probs.sum(dim=1)).mean()
+
+
+def ignores_smoothing(logits, targets, smoothing):
+    """Plain cross-entropy: the smoothing argument is never used."""
+    return -_log_probs(logits)[torch.arange(len(targets)), targets].mean()
+
+
+def no_one_minus_epsilon(logits, targets, smoothing):
+    """Keeps the full weight 1 on the target's −log p and adds ε · mean on top."""
+    log_probs = _log_probs(logits)
+    nll = -log_probs[torch.arange(len(targets)), targets]
+    return (nll - smoothing * log_probs.mean(dim=1)).mean()
+
+
+def swapped_weights(logits, targets, smoothing):
+    """ε on the target term, 1 − ε on the uniform term."""
+    log_probs = _log_probs(logits)
+    nll = -log_probs[torch.arange(len(targets)), targets]
+    return (smoothing * nll - (1 - smoothing) * log_probs.mean(dim=1)).mean()
+
+
+def smoothed_naive_exp(logits, targets, smoothing):
+    """log(exp(x) / Σ exp(x)): right formula, overflows at logits of 1000."""
+    log_probs = torch.log(torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True))
+    nll = -log_probs[torch.arange(len(targets)), targets]
+    return ((1 - smoothing) * nll - smoothing * log_probs.mean(dim=1)).mean()
+
+
+def smoothing_with_library(logits, targets, smoothing):
+    """F.cross_entropy(label_smoothing=...): the library does it all."""
+    return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+
+
+def smoothing_with_log_softmax(logits, targets, smoothing):
+    """F.log_softmax for the hard part."""
+    log_probs = F.log_softmax(logits, dim=1)
+    nll = -log_probs[torch.arange(len(targets)), targets]
+    return ((1 - smoothing) * nll - smoothing * log_probs.mean(dim=1)).mean()
+
+
 # --------------------------------------------------------------------------- sample_bigram
 
 
@@ -267,47 +279,81 @@ def uses_multinomial(probs, start_id, n, generator):
     return ids
 
 
+def no_final_clamp(probs, start_id, n, generator):
+    """Counts the cumulative sums ≤ u without clamping: u above a last sum of 0.999 gives id V."""
+    cumulative = torch.cumsum(probs, dim=1)
+    ids, current = [], start_id
+    for _ in range(n):
+        u = torch.rand(1, generator=generator, dtype=probs.dtype)
+        current = int((cumulative[current] <= u).sum())
+        ids.append(current)
+    return ids
+
+
+def one_draw_before_loop(probs, start_id, n, generator):
+    """Draws u once, before the loop, and reuses it for every token."""
+    cumulative = torch.cumsum(probs, dim=1)
+    u = torch.rand(1, generator=generator, dtype=probs.dtype)
+    ids, current = [], start_id
+    for _ in range(n):
+        current = min(int((cumulative[current] <= u).sum()), len(probs) - 1)
+        ids.append(current)
+    return ids
+
+
+def categorical_distribution(probs, start_id, n, generator):
+    """torch.distributions.Categorical(...).sample(), which calls torch.multinomial underneath."""
+    ids, current = [], start_id
+    for _ in range(n):
+        current = int(torch.distributions.Categorical(probs=probs[current]).sample())
+        ids.append(current)
+    return ids
+
+
 BROKEN = {
-    "check_bigram_counts": [
-        transposed_counts,
-        wraps_around,
-        misses_last_pair,
-        size_from_data,
-        float_counts,
-        overwrites_instead_of_accumulating,
-    ],
-    "check_bigram_probs": [
-        normalises_columns,
-        forgets_keepdim,
-        ignores_smoothing,
-        smooths_in_place,
-        divides_by_total,
-        always_adds_one,
-    ],
     "check_cross_entropy": [
-        naive_exp,
-        log_of_softmax,
-        sums_instead_of_mean,
-        missing_minus,
-        softmax_over_batch,
-        picks_all_targets,
-        per_row_losses,
-        argmax_targets,
-        max_not_added_back,
-        global_max,
-        returns_float,
-        shifts_in_place,
-        uses_library,
+        (naive_exp, r"(?s)returned (nan|inf).*exp\(1000\) overflows"),
+        (log_of_softmax, r"(?s)returned inf.*log\(softmax\(x\)\)"),
+        (sums_instead_of_mean, r"N times too large"),
+        (missing_minus, r"wrong sign"),
+        (softmax_over_batch, r"over dim 0, down the batch"),
+        (picks_all_targets, r"logits\[:, targets\] is an \(N, N\) matrix"),
+        (per_row_losses, r"shape \(3,\).*ONE number"),
+        (argmax_targets, r"ignores the targets"),
+        (max_not_added_back, r"did not add it back"),
+        (global_max, r"Subtract each ROW's maximum"),
+        (returns_float, r"returned a Python number"),
+        (shifts_in_place, r"changed its input `logits` in place"),
+        (uses_library, r"does not allow"),
+        (no_keepdim, r"(?s)raised RuntimeError.*keepdim=True"),
+        (special_log_softmax, r"does not allow"),
+        (method_log_softmax, r"does not allow"),
+        (aliased_log_softmax, r"does not allow"),
+        (special_logsumexp, r"does not allow"),
+        (swallows_the_refusal, r"does not allow"),
+    ],
+    "check_label_smoothed_cross_entropy": [
+        (spread_over_others, r"V − 1 OTHER tokens"),
+        (sums_over_classes, r"summed −log p over the V tokens"),
+        (ignores_smoothing, r"smoothing \(ε = 0\.1\) was ignored"),
+        (no_one_minus_epsilon, r"missing its factor \(1 − ε\)"),
+        (swapped_weights, r"swapped the weights"),
+        (smoothed_naive_exp, r"(?s)returned (nan|inf).*exp\(1000\) overflows"),
+        (smoothing_with_library, r"does not allow"),
+        (smoothing_with_log_softmax, r"does not allow"),
     ],
     "check_sample_bigram": [
-        samples_columns,
-        never_moves,
-        greedy,
-        global_rng,
-        includes_start,
-        one_past_the_stretch,
-        cumsum_over_rows,
-        uniform,
-        uses_multinomial,
+        (samples_columns, r"COLUMN of probs"),
+        (never_moves, r"drawn from the row of start_id"),
+        (greedy, r"argmax, which is greedy decoding"),
+        (global_rng, r"seeded alike gave different ids"),
+        (includes_start, r"starts with start_id"),
+        (one_past_the_stretch, r"one too high"),
+        (cumsum_over_rows, r"down the COLUMNS \(dim=0\)"),
+        (uniform, r"did not follow the chain"),
+        (uses_multinomial, r"does not allow"),
+        (no_final_clamp, r"clamp"),
+        (one_draw_before_loop, r"ONE random number"),
+        (categorical_distribution, r"does not allow"),
     ],
 }

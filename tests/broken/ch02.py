@@ -1,51 +1,10 @@
-"""Chapter 2's classic mistakes: every function here must fail its check."""
+"""Chapter 2's classic mistakes: every function here must fail its check, with the message its pattern names."""
 
 import torch
 import torch.nn.functional as F
 
-# --------------------------------------------------------------------------- get_pair_counts
-
-
-def counts_overlapping_pairs_once(ids):
-    """Skips ahead after a repeated token, so (1, 1) in [1, 1, 1] counts once."""
-    counts = {}
-    i = 0
-    while i < len(ids) - 1:
-        pair = (ids[i], ids[i + 1])
-        counts[pair] = counts.get(pair, 0) + 1
-        i += 2 if ids[i] == ids[i + 1] else 1
-    return counts
-
-
-def wraps_around(ids):
-    """Pairs the last token with the first, as if the text were a circle."""
-    counts = {}
-    for pair in zip(ids, ids[1:] + ids[:1]):
-        counts[pair] = counts.get(pair, 0) + 1
-    return counts
-
-
-def misses_last_pair(ids):
-    """Stops one pair early: range(len(ids) - 2)."""
-    counts = {}
-    for i in range(len(ids) - 2):
-        pair = (ids[i], ids[i + 1])
-        counts[pair] = counts.get(pair, 0) + 1
-    return counts
-
-
-def presence_not_count(ids):
-    """Records that a pair occurs (1) instead of how often."""
-    return {pair: 1 for pair in zip(ids, ids[1:])}
-
-
-def reversed_pairs(ids):
-    """Keys the pair as (next, current)."""
-    counts = {}
-    for a, b in zip(ids, ids[1:]):
-        counts[(b, a)] = counts.get((b, a), 0) + 1
-    return counts
-
+import lal.tokenizers
+from lal.tokenizers import bpe_merge as renamed_bpe_merge
 
 # --------------------------------------------------------------------------- bpe_merge
 
@@ -146,117 +105,161 @@ def crashes_on_empty(ids, pair, new_id):
     return merged
 
 
-# --------------------------------------------------------------------------- train_bpe
+def replaces_in_text(ids, pair, new_id):
+    """Replaces the pair in the text of the ids: '11, 2' contains '1, 2' too."""
+    text = ", ".join(map(str, ids)).replace(f"{pair[0]}, {pair[1]}", str(new_id))
+    return [int(part) for part in text.split(", ")] if text else []
 
 
-def _counts(ids):
-    counts = {}
-    for pair in zip(ids, ids[1:]):
-        counts[pair] = counts.get(pair, 0) + 1
-    return counts
+def calls_lal(ids, pair, new_id):
+    """Calls lal's bpe_merge under another name."""
+    return renamed_bpe_merge(ids, pair, new_id)
 
 
-def _merge(ids, pair, new_id):
-    merged, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(ids[i])
-            i += 1
-    return merged
+# --------------------------------------------------------------------------- bpe_encode
 
 
-def ties_to_first_seen(text, num_merges):
-    """Breaks ties by first occurrence (max over dict order), not by the smallest pair."""
-    ids, merges = list(text.encode("utf-8")), []
-    for new_id in range(256, 256 + num_merges):
-        if len(ids) < 2:
-            break
-        counts = _counts(ids)
-        pair = max(counts, key=counts.get)
-        ids = _merge(ids, pair, new_id)
-        merges.append((pair, new_id))
-    return merges
+def _replay(ids, merges):
+    for pair, new_id in merges:
+        ids = lal.tokenizers.bpe_merge(ids, pair, new_id)
+    return ids
 
 
-def characters_not_bytes(text, num_merges):
-    """Starts from code points (ord) instead of UTF-8 bytes."""
-    ids, merges = [ord(char) for char in text], []
-    for new_id in range(256, 256 + num_merges):
-        if len(ids) < 2:
-            break
-        counts = _counts(ids)
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        ids = _merge(ids, pair, new_id)
-        merges.append((pair, new_id))
-    return merges
+def replays_dict_order(text, merges):
+    """Applies the merges in the dict's order, which is not the order they were learned."""
+    return _replay(list(text.encode("utf-8")), merges.items())
 
 
-def new_ids_start_at_255(text, num_merges):
-    """Numbers the first merge 255, colliding with the last byte."""
-    ids, merges = list(text.encode("utf-8")), []
-    for new_id in range(255, 255 + num_merges):
-        if len(ids) < 2:
-            break
-        counts = _counts(ids)
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        ids = _merge(ids, pair, new_id)
-        merges.append((pair, new_id))
-    return merges
+def characters_not_bytes(text, merges):
+    """Starts from ord(c) of each character instead of the UTF-8 bytes."""
+    return _replay([ord(c) for c in text], sorted(merges.items(), key=lambda m: m[1]))
 
 
-def counts_only_once(text, num_merges):
-    """Counts the pairs once and takes the top ones, never recounting after a merge."""
+def most_frequent_first(text, merges):
+    """Merges the most frequent known pair first, as if training again."""
     ids = list(text.encode("utf-8"))
-    counts = _counts(ids)
-    ranked = sorted(counts, key=lambda p: (-counts[p], p))[:num_merges]
-    return [(pair, 256 + i) for i, pair in enumerate(ranked)]
+    while True:
+        counts = {p: n for p, n in lal.tokenizers.get_pair_counts(ids).items() if p in merges}
+        if not counts:
+            return ids
+        pair = lal.tokenizers.most_frequent_pair(counts)
+        ids = lal.tokenizers.bpe_merge(ids, pair, merges[pair])
 
 
-def never_stops_early(text, num_merges):
-    """Does not stop when one token is left: min() of no pairs raises ValueError."""
-    ids, merges = list(text.encode("utf-8")), []
-    for new_id in range(256, 256 + num_merges):
-        counts = _counts(ids)
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        ids = _merge(ids, pair, new_id)
-        merges.append((pair, new_id))
-    return merges
+def byte_pairs_only(text, merges):
+    """Applies only the merges of two bytes: merges built on merges never happen."""
+    return _replay(list(text.encode("utf-8")), sorted((m for m in merges.items() if max(m[0]) < 256), key=lambda m: m[1]))
 
 
-# --------------------------------------------------------------------------- embedding_lookup_as_matmul
+def sorts_merges_in_place(text, merges):
+    """Right ids, but reorders the caller's dict."""
+    ordered = sorted(merges.items(), key=lambda m: m[1])
+    merges.clear()
+    merges.update(ordered)
+    return _replay(list(text.encode("utf-8")), ordered)
+
+
+def uses_lal_tokenizer(text, merges):
+    """Builds lal's BPETokenizer from the table and calls its encode."""
+    tokenizer = lal.tokenizers.BPETokenizer(sorted(merges.items(), key=lambda m: m[1]), pattern=r"(?s).+")
+    return tokenizer.encode(text)
+
+
+# --------------------------------------------------------------------------- mean_embedding
+
+
+def _counts(ids, weight):
+    return F.one_hot(ids, num_classes=weight.size(0)).to(weight.dtype).sum(dim=1)
 
 
 def one_hot_without_num_classes(ids, weight):
-    """Lets F.one_hot guess V from the largest id in the batch."""
-    return F.one_hot(ids).to(weight.dtype) @ weight
+    """F.one_hot(ids) guesses V from the largest id: too few columns when V − 1 is absent."""
+    return F.one_hot(ids).to(weight.dtype).sum(dim=1) / ids.size(1) @ weight
 
 
-def one_hot_as_float32(ids, weight):
-    """Casts the one-hot to float32 whatever the weight's dtype."""
-    return F.one_hot(ids, num_classes=weight.size(0)).float() @ weight.float()
+def sums_not_mean(ids, weight):
+    """Returns the sum of the rows, not their mean."""
+    return _counts(ids, weight) @ weight
 
 
-def detached_lookup(ids, weight):
-    """Right values, but computed without gradient: the table could never learn."""
-    with torch.no_grad():
-        return F.one_hot(ids, num_classes=weight.size(0)).to(weight.dtype) @ weight
+def mean_over_batch(ids, weight):
+    """Averages over every id of the batch: one vector repeated for each sequence."""
+    return (_counts(ids, weight).sum(dim=0, keepdim=True) / ids.numel() @ weight).expand(ids.size(0), -1)
 
 
-def flattens_batch(ids, weight):
-    """Flattens the ids and forgets to restore the batch shape."""
-    return F.one_hot(ids.reshape(-1), num_classes=weight.size(0)).to(weight.dtype) @ weight
+def detached_product(ids, weight):
+    """Right values, but no gradient reaches the weight."""
+    return (_counts(ids, weight) / ids.size(1) @ weight).detach()
+
+
+def counts_presence(ids, weight):
+    """Marks which ids occur (0/1) instead of how often: a repeated id counts once."""
+    present = (_counts(ids, weight) > 0).to(weight.dtype)
+    return present / present.sum(dim=1, keepdim=True) @ weight
+
+
+def float32_counts(ids, weight):
+    """One-hot cast to float32: a float64 weight gives float32 (or a dtype error)."""
+    return F.one_hot(ids, num_classes=weight.size(0)).float().sum(dim=1) / ids.size(1) @ weight.float()
+
+
+def indexes_weight(ids, weight):
+    """weight[ids].mean(1): the lookup the exercise replaces."""
+    return weight[ids].mean(dim=1)
+
+
+def indexes_weight_in_a_loop(ids, weight):
+    """Looks rows up one int at a time: weight[i] in a Python loop."""
+    return torch.stack([torch.stack([weight[int(i)] for i in row]).mean(dim=0) for row in ids])
+
+
+def uses_f_embedding(ids, weight):
+    """F.embedding(ids, weight).mean(1)."""
+    return F.embedding(ids, weight).mean(dim=1)
+
+
+def uses_embedding_bag(ids, weight):
+    """F.embedding_bag(mode='mean')."""
+    return F.embedding_bag(ids, weight, mode="mean")
+
+
+def uses_index_select(ids, weight):
+    """torch.index_select on the flattened ids."""
+    return weight.index_select(0, ids.flatten()).view(*ids.shape, -1).mean(dim=1)
 
 
 BROKEN = {
-    "check_get_pair_counts": [counts_overlapping_pairs_once, wraps_around, misses_last_pair, presence_not_count,
-                              reversed_pairs],
-    "check_bpe_merge": [merges_overlapping, replaces_first_only, misses_pair_at_end, merges_right_to_left, mutates_input,
-                        matches_reversed_pair, returns_tuple, crashes_on_empty],
-    "check_train_bpe": [ties_to_first_seen, characters_not_bytes, new_ids_start_at_255, counts_only_once,
-                        never_stops_early],
-    "check_embedding_lookup_as_matmul": [one_hot_without_num_classes, one_hot_as_float32, detached_lookup,
-                                         flattens_batch],
+    "check_bpe_merge": [
+        (merges_overlapping, r"let occurrences overlap"),
+        (replaces_first_only, r"only replaced the first occurrence"),
+        (misses_pair_at_end, r"check your loop bound"),
+        (merges_right_to_left, r"(?s)overlapping occurrences: the first two 1s merge"),
+        (mutates_input, r"changed its input list"),
+        (matches_reversed_pair, r"also merged the reversed pair"),
+        (returns_tuple, r"should return a list, but returned tuple"),
+        (crashes_on_empty, r"raised IndexError"),
+        (replaces_in_text, r"replaced the pair in the TEXT"),
+        (calls_lal, r"does not allow"),
+    ],
+    "check_bpe_encode": [
+        (replays_dict_order, r"in the dict's order"),
+        (characters_not_bytes, r"not from the UTF-8 bytes"),
+        (most_frequent_first, r"most FREQUENT known pair"),
+        (byte_pairs_only, r"merges build on earlier merges"),
+        (sorts_merges_in_place, r"changed the `merges` dict"),
+        (uses_lal_tokenizer, r"does not allow"),
+    ],
+    "check_mean_embedding": [
+        (one_hot_without_num_classes, r"(?s)raised RuntimeError.*num_classes=weight.size\(0\)"),
+        (sums_not_mean, r"SUM of the rows"),
+        (mean_over_batch, r"averaged over the whole batch"),
+        (detached_product, r"no gradient back to `weight`"),
+        (counts_presence, r"counted each id once"),
+        (float32_counts, r"dtype torch.float32 for a torch.float64 weight"),
+        (indexes_weight, r"does not allow"),
+        (indexes_weight_in_a_loop, r"does not allow"),
+        (uses_f_embedding, r"does not allow"),
+        (uses_embedding_bag, r"does not allow"),
+        (uses_index_select, r"does not allow"),
+    ],
 }

@@ -1,120 +1,12 @@
-"""Deliberately broken solutions to chapter 3's exercises: each must fail its check."""
+"""Chapter 3's classic mistakes: every function here must fail its check, with the message its pattern names."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 
-# --------------------------------------------------------------------------- average_past
-
-
-def full_mean(x):
-    """Averages over all T positions: the future leaks into every position."""
-    return x.mean(dim=1, keepdim=True).expand_as(x)
-
-
-def excludes_current_position(x):
-    """Averages positions 0..t-1 only (tril with diagonal=-1): position t forgets itself."""
-    T = x.size(1)
-    weights = torch.tril(torch.ones(T, T), diagonal=-1)
-    return weights / weights.sum(dim=1, keepdim=True).clamp(min=1) @ x
-
-
-def includes_next_position(x):
-    """Off by one the other way (tril with diagonal=1): position t sees position t+1."""
-    T = x.size(1)
-    weights = torch.tril(torch.ones(T, T), diagonal=1)
-    return weights / weights.sum(dim=1, keepdim=True) @ x
-
-
-def upper_triangle(x):
-    """torch.triu instead of torch.tril: position t averages the future t..T-1."""
-    T = x.size(1)
-    weights = torch.triu(torch.ones(T, T))
-    return weights / weights.sum(dim=1, keepdim=True) @ x
-
-
-def divides_by_T(x):
-    """Running sum divided by T instead of t + 1."""
-    return x.cumsum(dim=1) / x.size(1)
-
-
-def sums_instead_of_averaging(x):
-    """The tril matrix is never normalised: a running sum."""
-    T = x.size(1)
-    return torch.tril(torch.ones(T, T)) @ x
-
-
-def normalises_columns(x):
-    """Normalises the tril matrix down its columns (sum over dim=0) instead of along its rows."""
-    T = x.size(1)
-    weights = torch.tril(torch.ones(T, T))
-    return weights / weights.sum(dim=0, keepdim=True) @ x
-
-
-def averages_channels(x):
-    """Runs the mean along the channels (dim=-1) instead of the positions (dim=1)."""
-    C = x.size(-1)
-    return x.cumsum(dim=-1) / torch.arange(1, C + 1)
-
-
-def modifies_input_in_place(x):
-    """Right numbers, but overwrites the caller's x with them."""
-    T = x.size(1)
-    weights = torch.tril(torch.ones(T, T))
-    x.copy_(weights / weights.sum(dim=1, keepdim=True) @ x)
-    return x
-
-
-# --------------------------------------------------------------------------- split_heads / merge_heads
-
-
-def split_view_without_transpose(x, n_head):
-    """The classic bug: x.view(B, H, T, D) has the right shape and mixes positions."""
-    B, T, C = x.shape
-    return x.view(B, n_head, T, C // n_head)
-
-
-def split_interleaved_channels(x, n_head):
-    """Head h gets every H-th channel instead of a contiguous block."""
-    B, T, C = x.shape
-    return x.view(B, T, C // n_head, n_head).permute(0, 3, 1, 2)
-
-
-def split_without_moving_heads(x, n_head):
-    """Cuts the channels but leaves the head axis after the positions: (B, T, H, D)."""
-    B, T, C = x.shape
-    return x.view(B, T, n_head, C // n_head)
-
-
-def split_transposes_wrong_axes(x, n_head):
-    """Transposes positions with channels-per-head instead of with heads."""
-    B, T, C = x.shape
-    return x.view(B, T, n_head, C // n_head).transpose(1, 3)
-
-
-def merge_reshape_without_transpose(x):
-    """The classic bug in reverse: reshape (B, H, T, D) straight to (B, T, H*D)."""
-    B, H, T, D = x.shape
-    return x.reshape(B, T, H * D)
-
-
-def merge_interleaved_channels(x):
-    """Interleaves the heads' channels instead of putting the heads side by side."""
-    B, H, T, D = x.shape
-    return x.permute(0, 2, 3, 1).reshape(B, T, D * H)
-
-
-def merge_view_after_transpose(x):
-    """.view on the transposed (non-contiguous) tensor: raises at run time."""
-    B, H, T, D = x.shape
-    return x.transpose(1, 2).view(B, T, H * D)
-
-
-def merge_forgets_to_flatten(x):
-    """Transposes back but never puts the heads side by side: returns (B, T, H, D)."""
-    return x.transpose(1, 2)
-
+import lal.model
+from lal.model import causal_mask as renamed_causal_mask
 
 # --------------------------------------------------------------------------- causal_attention
 
@@ -231,45 +123,174 @@ def scales_q_in_place(q, k, v):
     return F.softmax(scores, dim=-1) @ v
 
 
+_TRIANGLE_8 = torch.tril(torch.ones(8, 8, dtype=torch.bool))  # a mask sized for the examples a learner tried
+
+
+def sliced_8x8_triangle(q, k, v):
+    """Slices a hard-coded 8 × 8 triangle: right up to T = 8, a shape error beyond."""
+    T, D = q.size(-2), q.size(-1)
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(~_TRIANGLE_8[:T, :T], float("-inf"))
+    return F.softmax(scores, dim=-1) @ v
+
+
+def calls_sdpa(q, k, v):
+    """F.scaled_dot_product_attention: the function the check compares with."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def calls_sdpa_from_c(q, k, v):
+    """torch._C._nn.scaled_dot_product_attention: the same function, by its C name."""
+    return torch._C._nn.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def uses_lal_mask(q, k, v):
+    """lal.model.causal_mask, under another name."""
+    allowed = renamed_causal_mask(q.size(-2), k.size(-2))
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~allowed, float("-inf"))
+    return F.softmax(scores, dim=-1) @ v
+
+
+def uses_lal_attention(q, k, v):
+    """lal's explicit attention method, called on a throwaway object."""
+    class Head:
+        head_dim = q.size(-1)
+        attn_dropout = staticmethod(lambda x: x)
+
+    return lal.model.CausalSelfAttention._explicit_attention(Head(), q, k, v)[0]
+
+
+# --------------------------------------------------------------------------- cached_attention
+
+
+def _masked(q, k, v, allowed):
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~allowed, float("-inf"))
+    return F.softmax(scores, dim=-1) @ v
+
+
+def top_left_triangle(q, k, v):
+    """torch.tril(torch.ones(T_new, T_k)): the new queries treated as positions 0 … T_new − 1."""
+    return _masked(q, k, v, torch.tril(torch.ones(q.size(-2), k.size(-2), dtype=torch.bool)))
+
+
+def diagonal_one_too_far(q, k, v):
+    """diagonal=T_k − T_new + 1: each query also sees the next key."""
+    T_new, T_k = q.size(-2), k.size(-2)
+    return _masked(q, k, v, torch.tril(torch.ones(T_new, T_k, dtype=torch.bool), diagonal=T_k - T_new + 1))
+
+
+def diagonal_one_short(q, k, v):
+    """diagonal=T_k − T_new − 1: each query misses its own key."""
+    T_new, T_k = q.size(-2), k.size(-2)
+    return _masked(q, k, v, torch.tril(torch.ones(T_new, T_k, dtype=torch.bool), diagonal=T_k - T_new - 1))
+
+
+def new_keys_only(q, k, v):
+    """Attends over the new keys only: the cache is ignored."""
+    T_new = q.size(-2)
+    return _masked(q, k[..., -T_new:, :], v[..., -T_new:, :], torch.tril(torch.ones(T_new, T_new, dtype=torch.bool)))
+
+
+def cached_sliced_8x8(q, k, v):
+    """Slices the shifted mask from a hard-coded 8 × 8 triangle."""
+    T_new, T_k = q.size(-2), k.size(-2)
+    return _masked(q, k, v, _TRIANGLE_8[T_k - T_new:T_k, :T_k])
+
+
+def cached_without_mask(q, k, v):
+    """No mask at all: right only for one new token."""
+    return _masked(q, k, v, torch.ones(q.size(-2), k.size(-2), dtype=torch.bool))
+
+
+def cached_with_sdpa(q, k, v):
+    """F.scaled_dot_product_attention with a hand-made mask."""
+    T_new, T_k = q.size(-2), k.size(-2)
+    allowed = torch.tril(torch.ones(T_new, T_k, dtype=torch.bool), diagonal=T_k - T_new)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+def cached_with_lal_mask(q, k, v):
+    """lal.model.causal_mask builds the rectangle."""
+    return _masked(q, k, v, lal.model.causal_mask(q.size(-2), k.size(-2)))
+
+
+# --------------------------------------------------------------------------- sliding_window_attention
+
+
+def _band(T, low, high):
+    offset = torch.arange(T).unsqueeze(1) - torch.arange(T).unsqueeze(0)  # query minus key
+    return (offset >= low) & (offset <= high)
+
+
+def window_one_too_wide(q, k, v, window):
+    """Keeps keys t − window … t: window + 1 keys."""
+    return _masked(q, k, v, _band(q.size(-2), 0, window))
+
+
+def window_one_too_narrow(q, k, v, window):
+    """Keeps keys t − window + 2 … t: window − 1 keys."""
+    return _masked(q, k, v, _band(q.size(-2), 0, window - 2))
+
+
+def ignores_window(q, k, v, window):
+    """Plain causal attention: the window argument is never used."""
+    return _masked(q, k, v, _band(q.size(-2), 0, q.size(-2)))
+
+
+def centred_window(q, k, v, window):
+    """A band on both sides of the diagonal: the window reaches into the future."""
+    return _masked(q, k, v, _band(q.size(-2), -(window - 1), window - 1))
+
+
+def window_no_scaling(q, k, v, window):
+    """The right band, without dividing the scores by √D."""
+    scores = (q @ k.transpose(-2, -1)).masked_fill(~_band(q.size(-2), 0, window - 1), float("-inf"))
+    return F.softmax(scores, dim=-1) @ v
+
+
+def window_with_sdpa(q, k, v, window):
+    """F.scaled_dot_product_attention with the band as attn_mask."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_band(q.size(-2), 0, window - 1))
+
+
 BROKEN = {
-    "check_average_past": [
-        full_mean,
-        excludes_current_position,
-        includes_next_position,
-        upper_triangle,
-        divides_by_T,
-        sums_instead_of_averaging,
-        normalises_columns,
-        averages_channels,
-        modifies_input_in_place,
-    ],
-    "check_split_heads": [
-        split_view_without_transpose,
-        split_interleaved_channels,
-        split_without_moving_heads,
-        split_transposes_wrong_axes,
-    ],
-    "check_merge_heads": [
-        merge_reshape_without_transpose,
-        merge_interleaved_channels,
-        merge_view_after_transpose,
-        merge_forgets_to_flatten,
-    ],
     "check_causal_attention": [
-        no_causal_mask,
-        no_sqrt_scaling,
-        divides_by_d,
-        softmax_over_queries,
-        masks_wrong_triangle,
-        masks_the_diagonal_too,
-        masks_with_zero,
-        zeroes_weights_after_softmax,
-        k_not_transposed,
-        transposes_batch_axes,
-        only_first_sequence_and_head,
-        returns_weights,
-        naive_softmax_overflows,
-        mask_sized_by_head_dim,
-        scales_q_in_place,
+        (no_causal_mask, r"without any mask"),
+        (no_sqrt_scaling, r"without the 1/√D scaling"),
+        (divides_by_d, r"by D instead of √D"),
+        (softmax_over_queries, r"dim=-2 \(the queries\)"),
+        (masks_wrong_triangle, r"masked the wrong triangle"),
+        (masks_the_diagonal_too, r"masked the diagonal"),
+        (masks_with_zero, r"with 0 instead of -inf"),
+        (zeroes_weights_after_softmax, r"\*after\* the softmax"),
+        (k_not_transposed, r"(?s)raised RuntimeError.*q @ k.transpose\(-2, -1\)"),
+        (transposes_batch_axes, r"(?s)raised RuntimeError.*k\.transpose\(0, 1\) would swap the batch axes"),
+        (only_first_sequence_and_head, r"right for B = H = 1"),
+        (returns_weights, r"attention \*weights\*"),
+        (naive_softmax_overflows, r"exp\(\) overflowed"),
+        (mask_sized_by_head_dim, r"(?s)raised RuntimeError.*mask must have that shape \(T_q, T_k\), built from q\.size\(-2\)"),
+        (scales_q_in_place, r"changed its input `q` in place"),
+        (sliced_8x8_triangle, r"(?s)raised RuntimeError.*not from a fixed size"),
+        (calls_sdpa, r"does not allow"),
+        (calls_sdpa_from_c, r"does not allow"),
+        (uses_lal_mask, r"does not allow"),
+        (uses_lal_attention, r"does not allow"),
+    ],
+    "check_cached_attention": [
+        (top_left_triangle, r"top-left corner of a square causal mask"),
+        (diagonal_one_too_far, r"also sees the key right after"),
+        (diagonal_one_short, r"misses its own key"),
+        (new_keys_only, r"see only the new keys"),
+        (cached_sliced_8x8, r"(?s)raised RuntimeError.*not from a fixed size"),
+        (cached_without_mask, r"without any mask"),
+        (cached_with_sdpa, r"does not allow"),
+        (cached_with_lal_mask, r"does not allow"),
+    ],
+    "check_sliding_window_attention": [
+        (window_one_too_wide, r"one key too wide"),
+        (window_one_too_narrow, r"one key too narrow"),
+        (ignores_window, r"ignored the window"),
+        (centred_window, r"reaches into the FUTURE"),
+        (window_no_scaling, r"without the 1/√D scaling"),
+        (window_with_sdpa, r"does not allow"),
     ],
 }

@@ -1,51 +1,22 @@
-"""Chapter 4's classic mistakes: every function here must fail its check."""
+"""Chapter 4's classic mistakes: every function here must fail its check, with the message its pattern names."""
 
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.functional import layer_norm as renamed_layer_norm
 
-# --------------------------------------------------------------------------- gelu
-
-
-def exact_erf_gelu(x):
-    """The exact GELU (erf) where the tanh approximation was asked for."""
-    return F.gelu(x)
-
-
-def sigmoid_approximation(x):
-    """The x·σ(1.702x) approximation instead of the tanh one."""
-    return x * torch.sigmoid(1.702 * x)
-
-
-def missing_cubic_term(x):
-    """Forgets the 0.044715·x³ term."""
-    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * x))
-
-
-def two_over_pi(x):
-    """Uses 2/π where √(2/π) belongs."""
-    return 0.5 * x * (1 + torch.tanh(2 / math.pi * (x + 0.044715 * x**3)))
-
-
-def relu_instead(x):
-    """ReLU is not GELU."""
-    return torch.relu(x)
-
-
-def tanh_from_exp(x):
-    """Writes tanh with exp(): exp overflows for large inputs and inf/inf is NaN."""
-    z = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
-    tanh = (torch.exp(2 * z) - 1) / (torch.exp(2 * z) + 1)
-    return 0.5 * x * (1 + tanh)
-
-
-def float32_constant_tensor(x):
-    """Returns float32 whatever the input's dtype."""
-    return F.gelu(x.float(), approximate="tanh")
-
+import lal.model
+from lal.model import GPT as RenamedGPT
 
 # --------------------------------------------------------------------------- layer_norm
+
+
+def _x_hat(x, eps):
+    """A correct normalisation, for the mistakes made around it."""
+    mean = x.mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(((x - mean) ** 2).mean(dim=-1, keepdim=True) + eps)
 
 
 def unbiased_variance(x, weight, bias, eps=1e-5):
@@ -74,7 +45,7 @@ def ignores_eps(x, weight, bias, eps=1e-5):
 
 def hard_coded_eps(x, weight, bias, eps=1e-5):
     """Always 1e-5, whatever eps the caller passes."""
-    return F.layer_norm(x, x.shape[-1:], weight, bias, 1e-5)
+    return _x_hat(x, 1e-5) * weight + bias
 
 
 def normalise_over_dim0(x, weight, bias, eps=1e-5):
@@ -91,17 +62,17 @@ def normalise_over_everything(x, weight, bias, eps=1e-5):
 
 def forgot_weight(x, weight, bias, eps=1e-5):
     """Normalises and shifts but never scales."""
-    return F.layer_norm(x, x.shape[-1:], None, None, eps) + bias
+    return _x_hat(x, eps) + bias
 
 
 def forgot_bias(x, weight, bias, eps=1e-5):
     """Normalises and scales but never shifts."""
-    return F.layer_norm(x, x.shape[-1:], None, None, eps) * weight
+    return _x_hat(x, eps) * weight
 
 
 def bias_before_weight(x, weight, bias, eps=1e-5):
     """(x_hat + bias) * weight instead of x_hat * weight + bias."""
-    return (F.layer_norm(x, x.shape[-1:], None, None, eps) + bias) * weight
+    return (_x_hat(x, eps) + bias) * weight
 
 
 def mean_without_keepdim(x, weight, bias, eps=1e-5):
@@ -125,170 +96,296 @@ def modifies_input_in_place(x, weight, bias, eps=1e-5):
     return x / torch.sqrt(var + eps) * weight + bias
 
 
-# --------------------------------------------------------------------------- block_forward
+def calls_f_layer_norm(x, weight, bias, eps=1e-5):
+    """F.layer_norm under another name."""
+    return renamed_layer_norm(x, (x.size(-1),), weight, bias, eps)
 
 
-def post_ln(x, ln_1, attn, ln_2, mlp):
-    """The original Transformer's order: normalise after adding."""
-    x = ln_1(x + attn(x))
-    return ln_2(x + mlp(x))
+def calls_torch_layer_norm(x, weight, bias, eps=1e-5):
+    """torch.layer_norm, the same function in the torch namespace."""
+    return torch.layer_norm(x, (x.size(-1),), weight, bias, eps)
 
 
-def no_attention_residual(x, ln_1, attn, ln_2, mlp):
-    """Attention's output replaces the stream instead of adding to it."""
-    x = attn(ln_1(x))
-    return x + mlp(ln_2(x))
+def calls_nn_layer_norm(x, weight, bias, eps=1e-5):
+    """nn.LayerNorm(...)(x) with the weights copied in."""
+    norm = nn.LayerNorm(x.size(-1), eps=eps).to(x.dtype)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        norm.bias.copy_(bias)
+    return norm(x)
 
 
-def no_mlp_residual(x, ln_1, attn, ln_2, mlp):
-    """The MLP's output replaces the stream instead of adding to it."""
-    x = x + attn(ln_1(x))
-    return mlp(ln_2(x))
+# --------------------------------------------------------------------------- rms_norm
 
 
-def swapped_norms(x, ln_1, attn, ln_2, mlp):
-    """ln_2 before attention and ln_1 before the MLP."""
-    x = x + attn(ln_2(x))
-    return x + mlp(ln_1(x))
+def _mean_square(x):
+    return x.pow(2).mean(dim=-1, keepdim=True)
 
 
-def parallel_branches(x, ln_1, attn, ln_2, mlp):
-    """Both branches read the block's input (GPT-J's layout, not GPT-2's)."""
-    return x + attn(ln_1(x)) + mlp(ln_2(x))
+def subtracts_mean(x, weight, eps=1e-6):
+    """Centres x first: LayerNorm without a shift, not RMSNorm."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    return centred / torch.sqrt(_mean_square(centred) + eps) * weight
 
 
-def normalises_the_stream(x, ln_1, attn, ln_2, mlp):
-    """Overwrites x with ln(x), so the residual carries the normalised stream."""
-    x = ln_1(x)
-    x = x + attn(x)
-    x = ln_2(x)
-    return x + mlp(x)
+def rms_eps_outside_sqrt(x, weight, eps=1e-6):
+    """sqrt(mean(x²)) + eps instead of sqrt(mean(x²) + eps)."""
+    return x / (torch.sqrt(_mean_square(x)) + eps) * weight
 
 
-def one_residual_for_the_block(x, ln_1, attn, ln_2, mlp):
-    """A single skip connection around attention and MLP together."""
-    return x + mlp(ln_2(attn(ln_1(x))))
+def sum_of_squares(x, weight, eps=1e-6):
+    """The L2 norm: the sum of squares, not their mean."""
+    return x / torch.sqrt(x.pow(2).sum(dim=-1, keepdim=True) + eps) * weight
 
 
-def adds_in_place(x, ln_1, attn, ln_2, mlp):
-    """x += ... changes the caller's tensor."""
-    x += attn(ln_1(x))
-    x += mlp(ln_2(x))
-    return x
+def no_square_root(x, weight, eps=1e-6):
+    """Divides by the mean square itself."""
+    return x / (_mean_square(x) + eps) * weight
 
 
-# --------------------------------------------------------------------------- count_gpt_parameters
+def rms_over_dim0(x, weight, eps=1e-6):
+    """Mean of squares down the columns."""
+    return x / torch.sqrt(x.pow(2).mean(dim=0, keepdim=True) + eps) * weight
 
 
-def _blocks(config, linear_bias=None, ln_params=None, mlp_hidden=None):
-    C, L, b = config.n_embd, config.n_layer, int(config.bias)
-    linear_bias = b if linear_bias is None else linear_bias
-    ln = (C + b * C) if ln_params is None else ln_params
-    hidden = 4 * C if mlp_hidden is None else mlp_hidden
-    attention = L * (C * 3 * C + linear_bias * 3 * C + C * C + linear_bias * C)
-    mlp = L * (C * hidden + linear_bias * hidden + hidden * C + linear_bias * C)
-    return attention, mlp, (2 * L + 1) * ln
+def rms_forgot_weight(x, weight, eps=1e-6):
+    """Never multiplies by the gain."""
+    return x / torch.sqrt(_mean_square(x) + eps)
 
 
-def _parts(embeddings, attention, mlp, norms):
-    return {"embeddings": embeddings, "attention": attention, "mlp": mlp, "norms": norms,
-            "total": embeddings + attention + mlp + norms}
+def rms_hard_coded_eps(x, weight, eps=1e-6):
+    """Always 1e-6, whatever eps the caller passes."""
+    return x / torch.sqrt(_mean_square(x) + 1e-6) * weight
 
 
-def head_counted_twice(config):
-    """Adds lm_head's vocab_size × n_embd although it is the token embedding."""
-    V, T, C = config.vocab_size, config.block_size, config.n_embd
-    return _parts(V * C + T * C + V * C, *_blocks(config))
+def rms_without_keepdim(x, weight, eps=1e-6):
+    """mean(-1) without keepdim: a shape error."""
+    return x / torch.sqrt(x.pow(2).mean(dim=-1) + eps) * weight
 
 
-def head_in_total_only(config):
-    """Parts right, but the total adds the tied head again."""
-    V, T, C = config.vocab_size, config.block_size, config.n_embd
-    parts = _parts(V * C + T * C, *_blocks(config))
-    parts["total"] += V * C
+def calls_f_rms_norm(x, weight, eps=1e-6):
+    """F.rms_norm."""
+    return F.rms_norm(x, (x.size(-1),), weight, eps)
+
+
+def calls_nn_rms_norm(x, weight, eps=1e-6):
+    """nn.RMSNorm(...)(x) with the gain copied in."""
+    norm = nn.RMSNorm(x.size(-1), eps=eps).to(x.dtype)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+    return norm(x)
+
+
+def calls_normalize(x, weight, eps=1e-6):
+    """F.normalize(x) · √C: the L2-normalised vector, rescaled (and eps in the wrong place)."""
+    return F.normalize(x, dim=-1) * math.sqrt(x.size(-1)) * weight
+
+
+# --------------------------------------------------------------------------- swiglu_mlp
+
+
+def _silu(z):
+    return z * torch.sigmoid(z)
+
+
+def silu_on_up(x, w_gate, w_up, w_down):
+    """SiLU on the up projection instead of the gate."""
+    return (_silu(x @ w_up) * (x @ w_gate)) @ w_down
+
+
+def sigmoid_gate(x, w_gate, w_up, w_down):
+    """sigmoid(z) instead of silu(z) = z · sigmoid(z): the original GLU."""
+    return (torch.sigmoid(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def relu_gate(x, w_gate, w_up, w_down):
+    """ReLU on the gate."""
+    return (torch.relu(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def no_activation(x, w_gate, w_up, w_down):
+    """No SiLU at all: a bilinear layer."""
+    return ((x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def no_up_projection(x, w_gate, w_up, w_down):
+    """silu(x @ w_gate) @ w_down: the second branch is missing."""
+    return _silu(x @ w_gate) @ w_down
+
+
+def adds_branches(x, w_gate, w_up, w_down):
+    """Adds the two branches instead of multiplying them."""
+    return (_silu(x @ w_gate) + x @ w_up) @ w_down
+
+
+def no_down_projection(x, w_gate, w_up, w_down):
+    """Returns the hidden (..., H) activations."""
+    return _silu(x @ w_gate) * (x @ w_up)
+
+
+def transposed_weights(x, w_gate, w_up, w_down):
+    """Uses the weights nn.Linear's way round, x @ w.T: a shape error when H ≠ C."""
+    return (_silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+
+
+def calls_f_silu(x, w_gate, w_up, w_down):
+    """F.silu."""
+    return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def calls_nn_silu(x, w_gate, w_up, w_down):
+    """nn.SiLU()."""
+    return (nn.SiLU()(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def calls_gelu(x, w_gate, w_up, w_down):
+    """F.gelu on the gate (GEGLU), which is also refused."""
+    return (F.gelu(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+# --------------------------------------------------------------------------- count_llama_parameters
+
+
+def _parts(config, mlp_hidden, **changes):
+    V, C, L = config.vocab_size, config.n_embd, config.n_layer
+    parts = {
+        "embeddings": V * C,
+        "attention": L * 4 * C * C,
+        "mlp": L * 3 * C * mlp_hidden,
+        "norms": (2 * L + 1) * C,
+        "head": V * C,
+    }
+    parts.update(changes)
+    parts["total"] = sum(parts.values())
     return parts
 
 
-def no_position_embeddings(config):
-    """Forgets the learned position table (block_size × n_embd)."""
-    V, C = config.vocab_size, config.n_embd
-    return _parts(V * C, *_blocks(config))
+def counts_position_embeddings(config, mlp_hidden):
+    """Adds block_size · C of position embeddings a rotary model does not have."""
+    C = config.n_embd
+    return _parts(config, mlp_hidden, embeddings=(config.vocab_size + config.block_size) * C)
 
 
-def no_biases(config):
-    """Counts Linear weights only, even when config.bias is True."""
-    V, T, C = config.vocab_size, config.block_size, config.n_embd
-    return _parts(V * C + T * C, *_blocks(config, linear_bias=0))
+def tied_head(config, mlp_hidden):
+    """Counts the head as tied to the embedding (0), as in lal's GPT."""
+    return _parts(config, mlp_hidden, head=0)
 
 
-def ignores_bias_flag(config):
-    """Always counts biases and LayerNorm shifts, even when config.bias is False."""
-    V, T, C = config.vocab_size, config.block_size, config.n_embd
-    return _parts(V * C + T * C, *_blocks(config, linear_bias=1, ln_params=2 * C))
+def two_mlp_matrices(config, mlp_hidden):
+    """Counts a GELU MLP's two matrices instead of SwiGLU's three."""
+    return _parts(config, mlp_hidden, mlp=config.n_layer * 2 * config.n_embd * mlp_hidden)
 
 
-def no_final_norm(config):
-    """Forgets ln_f after the last block."""
-    V, T, C, L = config.vocab_size, config.block_size, config.n_embd, config.n_layer
-    attention, mlp, norms = _blocks(config)
-    return _parts(V * C + T * C, attention, mlp, 2 * L * (C + int(config.bias) * C))
+def four_c_hidden(config, mlp_hidden):
+    """Uses the hidden width 4C instead of the mlp_hidden argument."""
+    C = config.n_embd
+    return _parts(config, mlp_hidden, mlp=config.n_layer * 3 * C * 4 * C)
 
 
-def layer_norm_gain_only(config):
-    """Counts C per LayerNorm, forgetting the shift."""
-    V, T, C = config.vocab_size, config.block_size, config.n_embd
-    return _parts(V * C + T * C, *_blocks(config, ln_params=C))
+def attention_biases(config, mlp_hidden):
+    """Adds biases to the four attention projections."""
+    C = config.n_embd
+    return _parts(config, mlp_hidden, attention=config.n_layer * (4 * C * C + 4 * C))
 
 
-def mlp_not_widened(config):
-    """Uses an MLP of width n_embd instead of 4 · n_embd."""
-    V, T, C = config.vocab_size, config.block_size, config.n_embd
-    return _parts(V * C + T * C, *_blocks(config, mlp_hidden=C))
+def three_attention_matrices(config, mlp_hidden):
+    """Counts q, k and v but not the output projection."""
+    return _parts(config, mlp_hidden, attention=config.n_layer * 3 * config.n_embd ** 2)
+
+
+def norms_with_shift(config, mlp_hidden):
+    """Counts a gain and a shift per norm, as LayerNorm has."""
+    return _parts(config, mlp_hidden, norms=(2 * config.n_layer + 1) * 2 * config.n_embd)
+
+
+def no_final_norm(config, mlp_hidden):
+    """Forgets the final norm before the head."""
+    return _parts(config, mlp_hidden, norms=2 * config.n_layer * config.n_embd)
+
+
+def total_off(config, mlp_hidden):
+    """Right parts, but the total leaves out the head."""
+    parts = _parts(config, mlp_hidden)
+    parts["total"] -= parts["head"]
+    return parts
+
+
+def returns_floats(config, mlp_hidden):
+    """Counts as floats (from a formula with a division)."""
+    return {part: float(n) for part, n in _parts(config, mlp_hidden).items()}
+
+
+def builds_gpt(config, mlp_hidden):
+    """Builds lal's GPT (under another name) to count the shared parts."""
+    small = lal.model.GPTConfig(vocab_size=config.vocab_size, block_size=1, n_layer=1, n_head=1, n_embd=1)
+    RenamedGPT(small)
+    return _parts(config, mlp_hidden)
+
+
+def builds_modules(config, mlp_hidden):
+    """Builds nn.Linear layers to count them."""
+    C = config.n_embd
+    per_block = sum(p.numel() for p in nn.Linear(C, C, bias=False).parameters()) * 4
+    return _parts(config, mlp_hidden, attention=config.n_layer * per_block)
 
 
 BROKEN = {
-    "check_gelu": [
-        exact_erf_gelu,
-        sigmoid_approximation,
-        missing_cubic_term,
-        two_over_pi,
-        relu_instead,
-        tanh_from_exp,
-        float32_constant_tensor,
-    ],
     "check_layer_norm": [
-        unbiased_variance,
-        std_plus_eps,
-        eps_outside_sqrt,
-        ignores_eps,
-        hard_coded_eps,
-        normalise_over_dim0,
-        normalise_over_everything,
-        forgot_weight,
-        forgot_bias,
-        bias_before_weight,
-        mean_without_keepdim,
-        var_without_keepdim,
-        modifies_input_in_place,
+        (unbiased_variance, r"unbiased variance"),
+        (std_plus_eps, r"unbiased variance.*x\.std\(\) \+ eps"),
+        (eps_outside_sqrt, r"eps is outside the square root"),
+        (ignores_eps, r"ignored eps"),
+        (hard_coded_eps, r"use the `eps` argument"),
+        (normalise_over_dim0, r"normalised over dim 0"),
+        (normalise_over_everything, r"over all the elements at once"),
+        (forgot_weight, r"gain \(weight\) is missing"),
+        (forgot_bias, r"shift \(bias\) is missing"),
+        (bias_before_weight, r"added bias before multiplying"),
+        (mean_without_keepdim, r"keepdim=True"),
+        (var_without_keepdim, r"keepdim=True"),
+        (modifies_input_in_place, r"changed its input `x` in place"),
+        (calls_f_layer_norm, r"does not allow"),
+        (calls_torch_layer_norm, r"does not allow"),
+        (calls_nn_layer_norm, r"does not allow"),
     ],
-    "check_block_forward": [
-        post_ln,
-        no_attention_residual,
-        no_mlp_residual,
-        swapped_norms,
-        parallel_branches,
-        normalises_the_stream,
-        one_residual_for_the_block,
-        adds_in_place,
+    "check_rms_norm": [
+        (subtracts_mean, r"subtracted the mean"),
+        (rms_eps_outside_sqrt, r"eps is outside the square root"),
+        (sum_of_squares, r"sum of squares, not their mean"),
+        (no_square_root, r"take its square root"),
+        (rms_over_dim0, r"normalised over dim 0"),
+        (rms_forgot_weight, r"gain \(weight\) is missing"),
+        (rms_hard_coded_eps, r"use the `eps` argument"),
+        (rms_without_keepdim, r"(?s)raised RuntimeError.*keepdim=True"),
+        (calls_f_rms_norm, r"does not allow"),
+        (calls_nn_rms_norm, r"does not allow"),
+        (calls_normalize, r"does not allow"),
     ],
-    "check_count_gpt_parameters": [
-        head_counted_twice,
-        head_in_total_only,
-        no_position_embeddings,
-        no_biases,
-        ignores_bias_flag,
-        no_final_norm,
-        layer_norm_gain_only,
-        mlp_not_widened,
+    "check_swiglu_mlp": [
+        (silu_on_up, r"SiLU to the up projection"),
+        (sigmoid_gate, r"sigmoid\(z\) instead of silu"),
+        (relu_gate, r"ReLU on the gate"),
+        (no_activation, r"no SiLU at all"),
+        (no_up_projection, r"up projection is missing"),
+        (adds_branches, r"added the two branches"),
+        (no_down_projection, r"hidden width H"),
+        (transposed_weights, r"(?s)raised RuntimeError.*the wrong way round"),
+        (calls_f_silu, r"does not allow"),
+        (calls_nn_silu, r"does not allow"),
+        (calls_gelu, r"does not allow"),
+    ],
+    "check_count_llama_parameters": [
+        (counts_position_embeddings, r"no position embeddings"),
+        (tied_head, r"head is NOT tied"),
+        (two_mlp_matrices, r"THREE matrices"),
+        (four_c_hidden, r"not 4·C"),
+        (attention_biases, r"No biases anywhere"),
+        (three_attention_matrices, r"AND the output projection"),
+        (norms_with_shift, r"gain but no shift"),
+        (no_final_norm, r"final norm"),
+        (total_off, r"sum of the five parts"),
+        (returns_floats, r"counts are ints"),
+        (builds_gpt, r"does not allow"),
+        (builds_modules, r"does not allow"),
     ],
 }

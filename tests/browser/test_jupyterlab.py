@@ -1,0 +1,193 @@
+"""JupyterLab in a real browser, as a learner uses it: "Restart Kernel and Run All Cells", then
+the widgets.
+
+For every chapter notebook that shows an ipywidgets explorer, this test starts JupyterLab on
+127.0.0.1 (with a token), opens a copy of the notebook in Chromium driven by Playwright, runs all
+cells through the menu, and asserts that
+
+* every code cell ran (an execution count, no ``[*]``) and no cell shows an error;
+* each explorer rendered as a widget (its controls are on the page), not as its text repr and not
+  as "Error displaying widget";
+* moving a slider redraws the figure below it.
+
+Run it with ``make test-browser``: it needs Playwright (``pip install -e ".[browser]"``) and a
+Chromium (the system's package: ``apt-get install chromium``; Playwright's own browser download is
+not always reachable), found on PATH or through ``LAL_CHROMIUM``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+#: A notebook shows an explorer when a cell calls one of these (lal/viz.py).
+EXPLORER_CALLS = ("_explorer(",)
+RUN_ALL_TIMEOUT_S = 420  # chapters take ≤ 60 s on a quiet machine; a busy one is slower
+#: JupyterLab 4 renders only the cells in view ("windowing"); the test reads every cell's prompt.
+NOTEBOOK_SETTINGS = {"windowingMode": "none"}
+
+
+def _notebooks_with_widgets() -> list[Path]:
+    found = []
+    for path in CHAPTERS:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        sources = ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
+        if any(call in source for source in sources for call in EXPLORER_CALLS):
+            found.append(path)
+    return found
+
+
+WIDGET_NOTEBOOKS = _notebooks_with_widgets()
+
+
+def _chromium() -> str:
+    path = os.environ.get("LAL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("No Chromium found: install the system package (apt-get install chromium) or set LAL_CHROMIUM.")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"JupyterLab exited with code {process.returncode} before serving")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"JupyterLab did not answer at {url} within {timeout_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
+    """A JupyterLab server over a scratch folder: (base URL, token, folder)."""
+    folder = tmp_path_factory.mktemp("lab")
+    settings = tmp_path_factory.mktemp("lab-settings")
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps(NOTEBOOK_SETTINGS), encoding="utf-8")
+    token, port = secrets.token_hex(16), _free_port()
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("lab-workspaces")),
+           "LAL_RUNS_DIR": str(folder / "runs")}
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+               f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
+               f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    log = open(folder.parent / "jupyterlab.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(f"{base}/api/status?token={token}", process)
+        yield base, token, folder
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=_chromium(),
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        yield browser
+        browser.close()
+
+
+def _run_all(page: Page) -> None:
+    """Kernel → "Restart Kernel and Run All Cells…", confirmed, through the menus a learner uses."""
+    page.get_by_role("menuitem", name="Kernel", exact=True).click()
+    page.get_by_role("menuitem", name="Restart Kernel and Run All Cells…").click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()  # the dialog's "Restart" button
+
+
+def _prompts(page: Page) -> list[str]:
+    return page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+
+
+def _wait_for_all_cells(page: Page, n_code_cells: int) -> None:
+    deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
+    prompts: list[str] = []
+    while time.monotonic() < deadline:
+        prompts = [p.strip() for p in _prompts(page)]
+        done = len(prompts) == n_code_cells and all(p.startswith("[") and p[1:-2].isdigit() for p in prompts)
+        if done and page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0:
+            return
+        time.sleep(1)
+    running = [p for p in prompts if "*" in p or p in ("[ ]:", "")]
+    pytest.fail(f"Not every cell ran within {RUN_ALL_TIMEOUT_S} s ({len(running)} of {len(prompts)} still waiting)")
+
+
+def _figure_source(widget) -> str:
+    image = widget.locator("img").first
+    expect(image).to_be_visible(timeout=30_000)
+    return image.get_attribute("src") or ""
+
+
+@pytest.mark.parametrize("notebook", WIDGET_NOTEBOOKS, ids=[p.name for p in WIDGET_NOTEBOOKS])
+def test_run_all_in_jupyterlab_and_turn_the_widgets(lab, browser, notebook: Path) -> None:
+    base, token, folder = lab
+    shutil.copy(notebook, folder / notebook.name)
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    code_sources = ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
+    explorer_cells = [i for i, source in enumerate(code_sources) if any(call in source for call in EXPLORER_CALLS)]
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{base}/lab/tree/{notebook.name}?token={token}")
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first).to_be_attached(timeout=60_000)
+    _run_all(page)
+    _wait_for_all_cells(page, len(code_sources))
+
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [text for text in errors.all_inner_texts() if "Traceback" in text or "Error" in text.split("\n")[0]]
+    assert not tracebacks, f"a cell shows an error:\n{tracebacks[0][:2000]}"
+    page_text = page.locator(".jp-Notebook").inner_text()
+    assert "Error displaying widget" not in page_text
+    assert "VBox(children=" not in page_text, "an explorer was shown as its text repr, not as a widget"
+
+    for index in explorer_cells:
+        cell = page.locator(".jp-CodeCell").nth(index)
+        cell.scroll_into_view_if_needed()
+        widget = cell.locator(".jp-OutputArea-output .widget-vbox").first
+        expect(widget).to_be_visible(timeout=60_000)  # rendered as a widget, not as text
+        slider = widget.locator(".widget-slider .noUi-handle, .widget-slider input[type='range']").first
+        expect(slider).to_be_visible()
+        before = _figure_source(widget)
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _figure_source(widget) == before:
+            time.sleep(0.5)
+        assert _figure_source(widget) != before, f"moving the slider of code cell {index + 1} did not redraw its figure"
+    page.close()
