@@ -5,18 +5,11 @@ Each check runs your function on ordinary and edge cases, compares it with the r
 wrong. One module per chapter.
 """
 
-<<<<<<< HEAD
-from lal.checks.ch01 import check_bigram_counts, check_bigram_probs, check_cross_entropy, check_sample_bigram
-from lal.checks.ch02 import check_bpe_merge, check_embedding_lookup_as_matmul, check_get_pair_counts, check_train_bpe
-from lal.checks.ch03 import check_average_past, check_causal_attention, check_merge_heads, check_split_heads
-from lal.checks.ch04 import check_block_forward, check_count_gpt_parameters, check_gelu, check_layer_norm
-from lal.checks.ch08 import check_gpt2_to_lal, check_mfu, check_training_memory
-=======
 from lal.checks.ch01 import check_cross_entropy, check_label_smoothed_cross_entropy, check_sample_bigram
 from lal.checks.ch02 import check_bpe_encode, check_bpe_merge, check_mean_embedding
 from lal.checks.ch03 import check_cached_attention, check_causal_attention, check_sliding_window_attention
 from lal.checks.ch04 import check_count_llama_parameters, check_layer_norm, check_rms_norm, check_swiglu_mlp
->>>>>>> main
+from lal.checks.ch08 import check_gpt2_to_lal, check_mfu, check_training_memory
 
 __all__ = [
     # chapter 1: next-token prediction
@@ -33,16 +26,11 @@ __all__ = [
     "check_sliding_window_attention",
     # chapter 4: the transformer block
     "check_layer_norm",
-<<<<<<< HEAD
-    "check_block_forward",
-    "check_count_gpt_parameters",
+    "check_rms_norm",
+    "check_swiglu_mlp",
+    "check_count_llama_parameters",
     # chapter 8: the full run
     "check_training_memory",
     "check_mfu",
     "check_gpt2_to_lal",
-=======
-    "check_rms_norm",
-    "check_swiglu_mlp",
-    "check_count_llama_parameters",
->>>>>>> main
 ]

@@ -1,4 +1,4 @@
-"""Chapter 8's classic mistakes: every function here must fail its check, with the message in MATCH."""
+"""Chapter 8's classic mistakes: every function here must fail its check with the message its mistake deserves."""
 
 import torch
 
@@ -163,6 +163,30 @@ def calls_the_library(state):
     return convert_gpt2_state_dict(state, config)
 
 
+#: What each failure must say (a regular expression searched in the check's message).
+MATCH = {
+    four_bytes_always: r"4 bytes per number",
+    one_adam_moment: r"two numbers per parameter",
+    head_counted_twice: r"tied to the token embedding",
+    megabytes: r"return bytes, not megabytes",
+    no_gradients: r"one gradient per parameter",
+    builds_the_model: r"calls lal's GPT .*does not allow",
+    forward_only: r"forward pass only",
+    no_attention_flops: r"attention term .* is missing",
+    counts_position_table: r"position table",
+    percent: r"percentage",
+    ignores_context_length: r"context_length",
+    attention_for_one_layer: r"multiply by n_layer",
+    uses_the_model: r"calls lal's GPT .*does not allow",
+    no_transpose: r"Conv1D layers store the transpose",
+    transposes_only_non_square: r"square matrix .* loads untransposed",
+    keeps_mask_buffers: r"causal-mask buffers",
+    no_prefix: r"start with 'transformer.'",
+    no_head: r"lm_head.weight",
+    transposes_in_place: r"changed the dict it was given",
+    calls_the_library: r"calls lal.pretrained's loader.*does not allow",
+}
+
 BROKEN = {
     "check_training_memory": [four_bytes_always, one_adam_moment, head_counted_twice, megabytes, no_gradients,
                               builds_the_model],
@@ -171,27 +195,4 @@ BROKEN = {
     "check_gpt2_to_lal": [no_transpose, transposes_only_non_square, keeps_mask_buffers, no_prefix, no_head,
                           transposes_in_place, calls_the_library],
 }
-
-#: What each failure must say (a regular expression searched in the check's message).
-MATCH = {
-    four_bytes_always: "4 bytes per number",
-    one_adam_moment: "two numbers per parameter",
-    head_counted_twice: "tied to the token embedding",
-    megabytes: "return bytes, not megabytes",
-    no_gradients: "one gradient per parameter",
-    builds_the_model: "calls lal's GPT",
-    forward_only: "forward pass only",
-    no_attention_flops: "attention term .* is missing",
-    counts_position_table: "position table",
-    percent: "percentage",
-    ignores_context_length: "context_length",
-    attention_for_one_layer: "multiply by n_layer",
-    uses_the_model: "calls lal's GPT",
-    no_transpose: "Conv1D layers store the transpose",
-    transposes_only_non_square: "square matrix .* loads untransposed",
-    keeps_mask_buffers: "causal-mask buffers",
-    no_prefix: "start with 'transformer.'",
-    no_head: "lm_head.weight",
-    transposes_in_place: "changed the dict it was given",
-    calls_the_library: "calls lal.pretrained's loader",
-}
+BROKEN = {check: [(function, MATCH[function]) for function in functions] for check, functions in BROKEN.items()}
