@@ -6,11 +6,18 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOK_TIMEOUT ?= 300
+# TORCH=cpu installs PyTorch's CPU-only build (about 200 MB instead of several GB of CUDA
+# libraries): for a machine without an NVIDIA GPU. The default build uses a GPU when there is one.
+TORCH ?= default
+CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
+# JupyterLab refuses to start as root (containers, cloud VMs) unless told that it is meant.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 .PHONY: help install lab test test-browser unit notebooks-test exercises notebooks headers bench clean
 
 help:
 	@echo "make lab        install (first time only) and start JupyterLab in notebooks/"
+	@echo "                (add TORCH=cpu on a machine without an NVIDIA GPU: a much smaller install)"
 	@echo "make test       install (first time only) and run all tests"
 	@echo "make test-browser  JupyterLab in Chromium: run every widget notebook, turn its sliders"
 	@echo "make unit       unit tests of the lal package only"
@@ -20,15 +27,19 @@ help:
 	@echo "make bench      throughput and time-to-loss benchmarks on this machine"
 
 $(STAMP): pyproject.toml
+	@echo "Installing the course into $(VENV) (a few minutes the first time; progress below)."
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[notebooks,test]"
+ifeq ($(TORCH),cpu)
+	$(PYTHON) -m pip install --progress-bar on torch --index-url $(CPU_TORCH_INDEX)
+endif
+	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(ALLOW_ROOT)
 
 test: install
 	$(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \

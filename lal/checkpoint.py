@@ -25,8 +25,11 @@ intact instead of a half-written one.
 from __future__ import annotations
 
 import os
+import errno
 import pickle
+import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +150,64 @@ def _atomic_torch_save(payload: Any, path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         tmp_path.unlink(missing_ok=True)
+        if _is_disk_full(err):
+            raise _disk_full_error(payload, path) from None
         raise
     _fsync_directory(path.parent)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """torch.save reports a full disk as an OSError (ENOSPC, EDQUOT) or as a RuntimeError from its zip writer."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "No space left" in str(err))
+
+
+def _payload_bytes(payload: Any) -> int:
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, Mapping):
+        return sum(_payload_bytes(value) for value in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(_payload_bytes(value) for value in payload)
+    return 0
+
+
+def _disk_full_error(payload: Any, path: Path) -> OSError:
+    needed_mb = _payload_bytes(payload) / 1e6
+    free_mb = shutil.disk_usage(path.parent).free / 1e6
+    kept = f"the previous {path.name} is intact" if path.exists() else f"nothing was written to {path}"
+    return OSError(
+        errno.ENOSPC,
+        f"The disk is full: writing {path} needs about {needed_mb:,.1f} MB and {free_mb:,.1f} MB are free; "
+        f"{kept}, and the other checkpoints in {path.parent} are untouched. Free some space, then continue "
+        "with `lal train --resume`.",
+    )
+
+
+#: Temporary checkpoint files younger than this may belong to a run that is still writing.
+STALE_TEMPORARY_AGE_S = 60.0
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the half-written ``.best.pt.*.tmp`` / ``.last.pt.*.tmp`` files a killed run left behind.
+
+    A run killed mid-write (SIGKILL, power loss) cannot remove its temporary file; the real
+    checkpoints are never affected (they are replaced only by a complete file), but the
+    leftovers would pile up at checkpoint size each.
+    """
+    removed = []
+    for name in CHECKPOINT_NAMES:
+        for leftover in Path(folder).glob(f".{name}.*.tmp"):
+            try:
+                if time.time() - leftover.stat().st_mtime > STALE_TEMPORARY_AGE_S:
+                    leftover.unlink()
+                    removed.append(leftover)
+            except OSError:
+                continue  # gone already, or not ours to delete
+    return removed
 
 
 def _chmod_like_new_file(path: Path) -> None:
@@ -203,7 +260,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        # Only a real pickle naming a class or function to import ("Unsupported global") would run
+        # code; anything else the safe loader rejects (random bytes, another format) is just not a
+        # checkpoint.
+        if "unsupported global" in str(err).lower():
             raise CheckpointError(
                 f"Refused to load {path} for safety: it contains Python objects that would run code "
                 "while loading, which torch.load(weights_only=True) does not allow. lal checkpoints hold "
@@ -219,6 +279,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
 
 
 def _corrupt_error(path: Path, err: BaseException) -> CheckpointError:
+    with open(path, "rb") as file:
+        is_zip = file.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    if not is_zip:
+        return CheckpointError(
+            f"{path} is not a checkpoint: torch saves checkpoints as zip archives, and this file is "
+            "not one (another kind of file, or cut short at the start). Pass a .pt file written by "
+            "`lal train` or lal.checkpoint.save_checkpoint, or the training folder."
+        )
     return CheckpointError(
         f"Could not read {path}: the file is truncated or corrupted ({type(err).__name__}: "
         f"{str(err).splitlines()[0][:160] if str(err) else 'no details'}). It was probably cut short "

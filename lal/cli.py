@@ -14,8 +14,13 @@ Every command is a thin layer over the package, so what the notebooks teach is w
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import json
+import math
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -26,12 +31,63 @@ from lal.device import PRECISIONS
 EPILOG = "Run `lal COMMAND --help` for the options of one command. Docs: README.md in the repository."
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a float that is a real number (``nan`` and ``inf`` parse, but mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+#: A line of help that shows a command to type: "Example: lal train …", "Several GPUs: torchrun …".
+COMMAND_LINE = re.compile(r"^(?:[A-Z][\w ]*: )?(?:lal|torchrun|python) ")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, and never breaks an example command in the middle of an argument.
+
+    Prose is wrapped to the terminal as usual; a line that is a ``lal`` command (an example) is
+    broken only before a ``--flag``, with a shell continuation, so it can be copied as it is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.nargs == 0 or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            if COMMAND_LINE.match(line):
+                lines += _wrap_command(indent + line, width)
+            else:
+                lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent))
+        return "\n".join(lines)
+
+
+def _wrap_command(line: str, width: int) -> list[str]:
+    """``line`` broken before ``--flags`` so no piece is longer than ``width``, joined with `` \\``."""
+    pieces = re.split(r" (?=--)", line)
+    lines = [pieces[0]]
+    for piece in pieces[1:]:
+        if len(lines[-1]) + 1 + len(piece) + 2 <= width:
+            lines[-1] += " " + piece
+        else:
+            lines[-1] += " \\"
+            lines.append("    " + piece)
+    return lines
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("--max-new-tokens", type=int, default=200, help="how many tokens to generate (default 200)")
-    group.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is more random (default 0.8)")
+    group.add_argument("--temperature", type=finite_float, default=0.8, help="0 is greedy; higher is more random (default 0.8)")
     group.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    group.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this much probability")
+    group.add_argument("--top-p", type=finite_float, default=None, help="sample from the smallest set with this much probability")
     group.add_argument("--seed", type=int, default=None, help="fix the randomness to get the same text again")
     group.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
 
@@ -58,26 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
     source = train.add_mutually_exclusive_group()
     source.add_argument("--dataset", default=None, help="a named dataset (default: tinyshakespeare)")
     source.add_argument("--text", type=Path, help="train on your own UTF-8 text file instead (see `lal corpus`)")
-    train.add_argument("--tokenizer", choices=["char", "bpe", "tiktoken"], default="char", help="default: char")
+    train.add_argument("--tokenizer", choices=["char", "bpe", "tiktoken"], default=None,
+                       help="how text becomes tokens (default: char; with --resume, the checkpoint's)")
     train.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default 1024)")
-    train.add_argument("--preset", default="char-tiny", help="model size, see `lal presets` (default char-tiny)")
+    train.add_argument("--preset", default=None,
+                       help="model size, see `lal presets` (default: char-tiny; with --resume, the checkpoint's)")
     train.add_argument("--out", type=Path, required=True, help="folder for metrics and checkpoints")
     train.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
-    train.add_argument("--target-val-loss", type=float, default=None, help="stop once validation loss reaches this")
-    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--target-val-loss", type=finite_float, default=None, help="stop once validation loss reaches this")
+    train.add_argument("--batch-size", type=int, default=None, help="windows per step (default: the preset's)")
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
-    train.add_argument("--dropout", type=float, default=None,
+    train.add_argument("--dropout", type=finite_float, default=None,
                        help="dropout probability in the model (default: the preset's: 0.2 for char-medium, else 0.0)")
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    train.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations")
-    train.add_argument("--patience", type=int, default=None, help="stop after this many evaluations without improvement")
-    train.add_argument("--grad-accum-steps", type=int, default=None, help="micro-batches per optimizer step")
+    train.add_argument("--lr", type=finite_float, default=None, help="peak learning rate (default: the preset's)")
+    train.add_argument("--eval-interval", type=int, default=None,
+                       help="steps between evaluations (default: the preset's)")
+    train.add_argument("--patience", type=int, default=None,
+                       help="stop after this many evaluations without improvement (default: the preset's)")
+    train.add_argument("--grad-accum-steps", type=int, default=None,
+                       help="micro-batches per optimizer step (default: the preset's)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow to start)")
     train.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 1337)")
     train.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto (default): bf16 where the GPU has it, fp16 + gradient scaler on older GPUs, fp32 on CPU/MPS")
     train.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the earlier run in DIR (without it, lal refuses to touch one)")
     train.add_argument("--dry-run", action="store_true",
                        help="print the plan (memory per step, the batch that fits, time from a few timed steps) and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -115,12 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretraining = sft.add_mutually_exclusive_group()
     pretraining.add_argument("--dataset", default=None, help="pretraining dataset to mix in (default: tinyshakespeare)")
     pretraining.add_argument("--text", type=Path, default=None, help="or your own text the model was pretrained on")
-    sft.add_argument("--steps", type=int, default=600)
-    sft.add_argument("--batch-size", type=int, default=32)
-    sft.add_argument("--lr", type=float, default=1e-3)
-    sft.add_argument("--mix-ratio", type=float, default=0.2, help="share of batches from pretraining text (default 0.2)")
-    sft.add_argument("--device", default=None)
-    sft.add_argument("--seed", type=int, default=1337)
+    sft.add_argument("--steps", type=int, default=600, help="fine-tuning steps")
+    sft.add_argument("--batch-size", type=int, default=32, help="conversations per step")
+    sft.add_argument("--lr", type=finite_float, default=1e-3, help="peak learning rate")
+    sft.add_argument("--mix-ratio", type=finite_float, default=0.2, help="share of batches from pretraining text (default 0.2)")
+    sft.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    sft.add_argument("--seed", type=int, default=1337, help="random seed")
     sft.add_argument("--quiet", action="store_true", help="no progress bar")
 
     chat = commands.add_parser(
@@ -128,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk to a fine-tuned model",
         description="An interactive chat loop with a fine-tuned model (empty line or Ctrl-D to quit).",
     )
-    chat.add_argument("--ckpt", type=Path, required=True)
+    chat.add_argument("--ckpt", type=Path, required=True, help="the fine-tuned checkpoint or its folder")
     chat.add_argument("--prompt", default=None, help="answer this one message and exit")
     _add_sampling_options(chat)
 
@@ -143,15 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--url", action="append", default=[], help="a web page (repeatable)")
     corpus.add_argument("--file", action="append", default=[], type=Path, help="a file or folder (repeatable)")
     corpus.add_argument("--out", type=Path, required=True, help="the text file to write")
-    corpus.add_argument("--delay", type=float, default=1.0, help="seconds between requests to one site (default 1)")
-    corpus.add_argument("--timeout", type=float, default=10.0, help="seconds before a request gives up (default 10)")
+    corpus.add_argument("--delay", type=finite_float, default=1.0, help="seconds between requests to one site (default 1)")
+    corpus.add_argument("--timeout", type=finite_float, default=10.0,
+                        help="seconds without an answer before a request gives up (default 10)")
+    corpus.add_argument("--deadline", type=finite_float, default=60.0,
+                        help="most seconds one page may take to arrive in all (default 60)")
+    corpus.add_argument("--max-page-mb", type=finite_float, default=10.0,
+                        help="largest page kept, in MB; larger ones are skipped (default 10)")
 
     bench = commands.add_parser(
         "bench",
         help="measure training speed on this machine",
         description="Time training steps of a preset: tokens/s, MFU and peak memory.",
     )
-    bench.add_argument("--preset", default="char-tiny")
+    bench.add_argument("--preset", default="char-tiny", help="model size, see `lal presets`")
     bench.add_argument("--vocab-size", type=int, default=None, help="default: 65 for char presets, 50257 otherwise")
     bench.add_argument("--batch-size", type=int, default=16, help="windows per step (default 16, as in the README's table)")
     bench.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
@@ -162,12 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", help="torch.compile the model first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    commands.add_parser("presets", help="list the model presets and their sizes")
+    commands.add_parser(
+        "presets",
+        help="list the model presets and their sizes",
+        description="List the model presets: layers, heads, width, context length and parameters "
+        "(char presets counted with a 65-character vocabulary, BPE presets with GPT-2's 50,257 tokens). "
+        "Pass a name to `lal train --preset` or `lal bench --preset`.",
+    )
+    for command_parser in commands.choices.values():
+        command_parser.formatter_class = HelpFormatter
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lal.checkpoint import load_checkpoint
     from lal.data import prepare_text_data
     from lal.device import seed_everything
     from lal.distributed import init_distributed, main_process_first
@@ -175,7 +250,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lal.plan import out_of_memory_advice, plan_run
     from lal.train import default_train_config, train
 
-    cfg = default_train_config(args.preset)
+    preset = args.preset or "char-tiny"
+    cfg = default_train_config(preset)
     overrides = dict(
         max_steps=args.max_steps,
         target_val_loss=args.target_val_loss,
@@ -197,20 +273,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.progress = not args.quiet
     context, cfg.device = init_distributed(cfg.device)  # rank 0 of 1 unless started by torchrun
     say = print if context.is_main else _silent
+    # Rank 0 alone guards the folder: the others may start after it has begun writing there.
+    previous = _check_out_folder(args) if context.is_main or args.resume else None
+    if previous is not None:
+        _refuse_conflicts_with_checkpoint(args, previous)
 
-    # A resumed run must keep its tokenizer: the ids it was trained on.
-    tokenizer = load_checkpoint(args.out / "last.pt").tokenizer if args.resume else None
+    # A resumed run keeps its tokenizer (the ids it was trained on) and its model's shape.
+    tokenizer = previous.tokenizer if previous is not None else None
     with main_process_first():  # under torchrun, one process downloads and writes the token file
         data = prepare_text_data(
-            dataset=args.dataset, text_path=args.text, tokenizer_kind=args.tokenizer, vocab_size=args.vocab_size,
-            tokenizer=tokenizer, token_file=args.out / "tokens.bin",
+            dataset=args.dataset, text_path=args.text, tokenizer_kind=args.tokenizer or "char",
+            vocab_size=args.vocab_size, tokenizer=tokenizer, token_file=args.out / "tokens.bin",
         )
     seed_everything(cfg.seed)  # the same --seed gives the same initial weights
-    shape = dict(block_size=args.block_size, dropout=args.dropout)
-    model = GPT(preset_config(args.preset, vocab_size=data.tokenizer.vocab_size,
-                              **{name: value for name, value in shape.items() if value is not None}))
+    if previous is not None:
+        config = previous.model.config
+        model = GPT(config if args.dropout is None else dataclasses.replace(config, dropout=args.dropout))
+    else:
+        shape = dict(block_size=args.block_size, dropout=args.dropout)
+        model = GPT(preset_config(preset, vocab_size=data.tokenizer.vocab_size,
+                                  **{name: value for name, value in shape.items() if value is not None}))
     say(
-        f"Training {args.preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {data.description}: "
+        f"Training {preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {data.description}: "
         f"{len(data.train):,} training and {len(data.val):,} validation tokens, "
         f"{data.tokenizer.name} tokenizer with {data.tokenizer.vocab_size} tokens."
     )
@@ -230,6 +314,61 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"Checkpoints, metrics.jsonl and {card.name} are in {args.out}/."
         )
     return 0
+
+
+#: What a training folder holds; a folder with any of these holds an earlier run.
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "tokens.bin", "MODEL_CARD.md")
+
+
+def _check_out_folder(args: argparse.Namespace):
+    """Refuse an --out that would lose an earlier run; return that run's last checkpoint on --resume."""
+    from lal.checkpoint import load_checkpoint
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; --out names a folder for the run (it is created if missing).")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one.")
+    if args.resume:
+        return load_checkpoint(out / "last.pt")
+    if args.dry_run:  # writes nothing, so it endangers nothing
+        return None
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(earlier)}). Continue it with --resume, replace it with "
+            "--overwrite, or choose another --out."
+        )
+    for name in earlier:
+        (out / name).unlink()
+    return None
+
+
+def _refuse_conflicts_with_checkpoint(args: argparse.Namespace, previous) -> None:
+    """On --resume the checkpoint fixes the tokenizer and the model: refuse flags that say otherwise."""
+    from lal.model import preset_config
+
+    conflicts = []
+    tokenizer = previous.tokenizer
+    if args.tokenizer is not None and args.tokenizer != tokenizer.name.split("-")[0]:
+        conflicts.append(f"--tokenizer {args.tokenizer} (the run uses {tokenizer.name})")
+    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
+        conflicts.append(f"--vocab-size {args.vocab_size} (the run has {tokenizer.vocab_size})")
+    config = previous.model.config
+    if args.block_size is not None and args.block_size != config.block_size:
+        conflicts.append(f"--block-size {args.block_size} (the run's model has {config.block_size})")
+    if args.preset is not None:
+        wanted = preset_config(args.preset, vocab_size=config.vocab_size, block_size=config.block_size)
+        if (wanted.n_layer, wanted.n_head, wanted.n_embd) != (config.n_layer, config.n_head, config.n_embd):
+            conflicts.append(
+                f"--preset {args.preset} (the run's model has {config.n_layer} layers, {config.n_head} heads, "
+                f"width {config.n_embd})"
+            )
+    if conflicts:
+        raise ValueError(
+            f"--resume continues the run in {args.out}, whose checkpoint fixes these settings: "
+            f"{'; '.join(conflicts)}. Drop those flags, or start a new run in another --out."
+        )
 
 
 def _silent(*_args: object, **_kwargs: object) -> None:
@@ -261,7 +400,7 @@ def _write_model_card(args: argparse.Namespace, cfg, history, data, world_size: 
     info = DataInfo.from_file(data.description, path, len(data.train), len(data.val))
     hardware = device_name(device) + (f" × {world_size} processes" if world_size > 1 else "")
     precision = precision_name(device, cfg.precision) + (", torch.compile" if cfg.compile else "")
-    return write_model_card(args.out, best.model, best.tokenizer, cfg, history, info, preset=args.preset,
+    return write_model_card(args.out, best.model, best.tokenizer, cfg, history, info, preset=args.preset or "char-tiny",
                             hardware=hardware, precision=precision, world_size=world_size)
 
 
@@ -314,7 +453,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     def reply(message: str) -> None:
         print("model> ", end="", flush=True)
-        chat_reply(checkpoint.model, checkpoint.tokenizer, message, stream_to=_print_stream, **sampling)
+        try:
+            chat_reply(checkpoint.model, checkpoint.tokenizer, message, stream_to=_print_stream, **sampling)
+        except ValueError as error:  # e.g. a character the model's vocabulary lacks: say so, keep chatting
+            if args.prompt is not None:
+                raise
+            print(f"\n(not sent: {error})", end="")
         print()
 
     if args.prompt is not None:
@@ -336,7 +480,9 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
     if not args.url and not args.file:
         raise ValueError("Give at least one --file or --url to collect text from.")
-    fetcher = PoliteFetcher(delay_s=args.delay, timeout_s=args.timeout) if args.url else None
+    fetcher = PoliteFetcher(
+        delay_s=args.delay, timeout_s=args.timeout, deadline_s=args.deadline, max_bytes=int(args.max_page_mb * 1e6),
+    ) if args.url else None
     report = build_corpus(paths=args.file, urls=args.url, out=args.out, fetcher=fetcher)
     print(report)
     return 0
@@ -385,14 +531,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("\nInterrupted. Checkpoints written so far are kept; `lal train --resume` continues.", file=sys.stderr)
+        print(f"\n{INTERRUPTED.get(args.command, 'Interrupted.')}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except OSError as error:
+        print(f"error: {_os_error_message(error)}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as error:
         if isinstance(error, torch.cuda.OutOfMemoryError):
             print("error: out of GPU memory: use a smaller --batch-size or --block-size.", file=sys.stderr)
         else:
             print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+#: What an interrupted command has left, by command.
+INTERRUPTED = {
+    "train": "Interrupted. Checkpoints written so far are kept; `lal train --resume` continues.",
+    "corpus": "Interrupted. Nothing was written: the corpus file appears only when it is complete.",
+}
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line for an error of the operating system: what failed, on which path, and what to do."""
+    where = f" {error.filename}" if error.filename else ""
+    if error.errno == errno.ENOSPC and not error.filename and error.strerror:
+        return error.strerror  # lal's own message (a checkpoint that did not fit)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full:{where}. Free some space and run the command again."
+    if error.errno == errno.EROFS:
+        return f"cannot write{where}: the file system is read-only. Choose a folder on a writable disk."
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{where}. Choose a path you can write to, or change its permissions."
+    if error.errno == errno.ENOTDIR:
+        return f"a part of{where} is a file, not a folder. Check the path."
+    if error.errno == errno.EISDIR:
+        return f"{where.strip()} is a folder; a file is needed here. Check the path."
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"no such file or folder:{where}. Check the path."
+    return str(error.strerror or error) + (f":{where}" if where else "")
 
 
 if __name__ == "__main__":

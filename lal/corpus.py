@@ -33,6 +33,9 @@ from lal import REPOSITORY_URL, __version__
 #: The same identifying User-Agent that lal.data's downloads send (defined here too so that
 #: building a corpus does not import torch).
 USER_AGENT = f"lal/{__version__} (+{REPOSITORY_URL})"
+#: The largest page a fetch keeps (a book-length HTML page is a few MB), and the most seconds one may take.
+DEFAULT_MAX_PAGE_BYTES = 10_000_000
+DEFAULT_DEADLINE_S = 60.0
 
 # --------------------------------------------------------------------------- HTML to text
 
@@ -175,6 +178,10 @@ class PoliteFetcher:
     * Requests to the same host are at least ``delay_s`` seconds apart, or the site's
       ``Crawl-delay`` if that is longer.
 
+    * A page may take at most ``deadline_s`` seconds in all and be at most ``max_bytes`` long:
+      ``timeout_s`` alone restarts with every byte, so a server trickling one byte at a time, or
+      sending an endless page, could otherwise hold the crawl (and the memory) indefinitely.
+
     ``sleep`` and ``clock`` exist so tests can check the pauses without waiting for them.
     """
 
@@ -186,12 +193,19 @@ class PoliteFetcher:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
-        if delay_s < 0 or timeout_s <= 0:
-            raise ValueError(f"delay_s must be >= 0 and timeout_s > 0, got {delay_s} and {timeout_s}.")
+        if delay_s < 0 or timeout_s <= 0 or max_bytes <= 0 or deadline_s <= 0:
+            raise ValueError(
+                "delay_s must be >= 0, and timeout_s, max_bytes and deadline_s > 0; got "
+                f"{delay_s}, {timeout_s}, {max_bytes} and {deadline_s}."
+            )
         self.user_agent = user_agent
         self.delay_s = delay_s
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.deadline_s = deadline_s
         self.session = session or requests.Session()
         self._sleep = sleep
         self._clock = clock
@@ -209,6 +223,8 @@ class PoliteFetcher:
             raise FetchError(f"{url} is not an http(s) address.")
         if not self.allowed(url):
             problem = self._robots_problems.get(_site(url))
+            if problem and problem.startswith("unreachable"):
+                raise FetchError(f"Could not reach {_site(url)} ({problem.removeprefix('unreachable: ')}); skipped.")
             if problem:
                 raise DisallowedByRobots(
                     f"{url} skipped: {problem}, so the site's rules are unknown and a polite crawler stays "
@@ -226,6 +242,10 @@ class PoliteFetcher:
         except requests.RequestException as exc:
             raise FetchError(f"Could not fetch {url}: {exc.__class__.__name__} ({exc}).") from exc
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if looks_binary(response.content):
+            raise FetchError(
+                f"{url} sent binary data (Content-Type {content_type or 'missing'}), not text; skipped."
+            )
         return Page(url=url, content_type=content_type, text=_decode(response))
 
     def fetch_text(self, url: str) -> str:
@@ -251,6 +271,11 @@ class PoliteFetcher:
         rules = urllib.robotparser.RobotFileParser(site + "/robots.txt")
         try:
             response = self._get(site + "/robots.txt")
+        except (requests.ConnectionError, requests.Timeout, FetchError) as exc:
+            # No answer at all: the site is down or the address wrong, which says nothing about its rules.
+            self._robots_problems[site] = f"unreachable: {_short_reason(exc)}"
+            rules.disallow_all = True
+            return rules
         except requests.RequestException as exc:
             self._robots_problems[site] = f"{site}/robots.txt could not be fetched ({exc.__class__.__name__})"
             rules.disallow_all = True
@@ -272,13 +297,58 @@ class PoliteFetcher:
             if wait > 0:
                 self._sleep(wait)
         self._last_request[host] = self._clock()
-        return self.session.get(url, headers={"User-Agent": self.user_agent}, timeout=self.timeout_s)
+        started = time.monotonic()
+        response = self.session.get(url, headers={"User-Agent": self.user_agent}, timeout=self.timeout_s, stream=True)
+        body = bytearray()
+        with response:
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise FetchError(
+                        f"{url} is larger than {self.max_bytes / 1e6:g} MB; skipped (raise --max-page-mb to allow it)."
+                    )
+                if time.monotonic() - started > self.deadline_s:
+                    raise FetchError(
+                        f"{url} took more than {self.deadline_s:g} s to arrive; skipped (raise --deadline to wait longer)."
+                    )
+        response._content = bytes(body)  # what requests does when it reads the body itself
+        return response
 
     def _delay_for(self, url: str) -> float:
         """``delay_s``, or the site's Crawl-delay when that is longer."""
         rules = self._robots.get(_site(url))
         crawl_delay = rules.crawl_delay(self.user_agent) if rules is not None else None
         return max(self.delay_s, float(crawl_delay or 0.0))
+
+
+def _short_reason(exc: BaseException) -> str:
+    """"connection refused", "timed out", … rather than a page of nested exception text."""
+    text = str(exc)
+    if isinstance(exc, FetchError):
+        return text
+    for known in ("Connection refused", "Name or service not known", "timed out", "No route to host"):
+        if known.lower() in text.lower():
+            return known.lower()
+    return exc.__class__.__name__
+
+
+def looks_binary(data: bytes) -> bool:
+    """True for bytes that are no text: a NUL byte, or undecodable as UTF-8 *and* full of control bytes.
+
+    Text files never hold NUL; images, archives, PDFs and executables nearly always do in their
+    first kilobytes. Latin-1 text is not UTF-8 but has few control bytes, so it is not "binary".
+    """
+    head = data[:8192]
+    if b"\x00" in head:
+        return True
+    try:
+        head.decode("utf-8")
+        return False
+    except UnicodeDecodeError as err:
+        if len(data) > len(head) and err.start >= len(head) - 4:  # a character cut in two by the sample
+            return False
+    controls = sum(byte < 32 and byte not in (9, 10, 12, 13) for byte in head)
+    return controls > len(head) // 100
 
 
 def _site(url: str) -> str:
@@ -323,8 +393,8 @@ def fetch_pages(
 
 # --------------------------------------------------------------------------- the corpus
 
-#: File suffixes read as plain text, and those read as HTML.
-TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+#: File suffixes read as HTML (their main text is extracted); every other file is read as plain
+#: text when its content is UTF-8 text (fortune files, READMEs without a suffix, .txt, .md, …).
 HTML_SUFFIXES = (".html", ".htm")
 
 
@@ -339,7 +409,13 @@ class CorpusReport:
 
     def __str__(self) -> str:
         lines = [f"Wrote {self.documents} documents, {self.characters:,} characters, to {self.path}."]
-        lines += [f"  skipped {source}: {reason}" for source, reason in self.skipped]
+        by_reason: dict[str, list[str]] = {}
+        for source, reason in self.skipped:
+            by_reason.setdefault(reason, []).append(source)
+        for reason, sources in by_reason.items():  # one line per reason, however many files share it
+            shown = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+            lines.append(f"  skipped {len(sources)}: {reason} ({shown})" if len(sources) > 1
+                         else f"  skipped {shown}: {reason}")
         return "\n".join(lines)
 
 
@@ -396,7 +472,10 @@ def _documents(
     report: CorpusReport,
 ) -> Iterator[tuple[str, str]]:
     """Yield (source, text) for every usable source; record the unusable ones in ``report``."""
-    for path in _expand_paths(paths, exclude):
+    for path, outside in _expand_paths(paths, exclude):
+        if outside is not None:
+            report.skipped.append((str(path), f"a link to a file outside {outside}; not followed"))
+            continue
         try:
             yield str(path), _read_file(path)
         except ValueError as exc:
@@ -410,29 +489,34 @@ def _documents(
             report.skipped.append((url, str(exc)))
 
 
-def _expand_paths(paths: list[str | Path], exclude: Path) -> Iterator[Path]:
-    """Files as given, folders as their files (recursively, sorted), minus hidden ones and ``exclude``."""
+def _expand_paths(paths: list[str | Path], exclude: Path) -> Iterator[tuple[Path, Path | None]]:
+    """Files as given, folders as their files (recursively, sorted), minus hidden ones and ``exclude``.
+
+    Each file comes with ``None``, or with the folder it was found in when it is a link that
+    leads out of that folder: a corpus never reads beyond the folders the learner named.
+    """
     excluded = exclude.resolve()
     for given in map(Path, paths):
         if given.is_dir():
-            files = sorted(
+            root = given.resolve()
+            for path in sorted(
                 p for p in given.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(given).parts)
-            )
-        else:
-            files = [given]
-        yield from (f for f in files if f.resolve() != excluded)
+            ):
+                if path.resolve() == excluded:
+                    continue
+                yield path, (None if path.resolve().is_relative_to(root) else given)
+        elif given.resolve() != excluded:
+            yield given, None
 
 
 def _read_file(path: Path) -> str:
-    """The text of one file, by suffix; ``ValueError`` saying why a file cannot be used."""
-    suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES + HTML_SUFFIXES:
-        raise ValueError(
-            f"unsupported file type {suffix or '(none)'}; use {', '.join(TEXT_SUFFIXES + HTML_SUFFIXES)}"
-        )
+    """The text of one file, decided by its content; ``ValueError`` saying why a file cannot be used."""
+    data = path.read_bytes()
+    if looks_binary(data):
+        raise ValueError("binary, not text")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not valid UTF-8; save it as UTF-8 and build again") from None
-    return extract_main_text(text) if suffix in HTML_SUFFIXES else text
+    return extract_main_text(text) if path.suffix.lower() in HTML_SUFFIXES else text

@@ -109,7 +109,7 @@ def load_chapter5_model(device: str = "cpu", quick_steps: int = QUICK_STEPS) -> 
         print(f"Loaded chapter 5's model ({checkpoint.model.num_parameters() / 1e6:.2f}M parameters).")
         return checkpoint
     quick = run_dir(QUICK_RUN) / BEST_CHECKPOINT
-    if not quick.is_file():
+    if not _finished(run_dir(QUICK_RUN)):
         print(f"Chapter 5's model is not here (it saves to {CHAPTER5_RUN!r} under the runs folder): "
               f"training a quick stand-in for {quick_steps} steps instead.")
         _train_quick_model(quick_steps, device)
@@ -117,6 +117,20 @@ def load_chapter5_model(device: str = "cpu", quick_steps: int = QUICK_STEPS) -> 
     print(f"Loaded the quick stand-in for chapter 5's model ({checkpoint.model.num_parameters() / 1e6:.2f}M "
           "parameters); run chapter 5 for a better one.")
     return checkpoint
+
+
+def _finished(folder: Path) -> bool:
+    """True when the stand-in's run reached its last evaluation.
+
+    Training saves ``best.pt`` at step 0 already, so a run interrupted on the way (the kernel
+    stopped, a timeout) leaves an untrained model behind; without this check every later chapter
+    would load it as if it were trained.
+    """
+    metrics = folder / METRICS_FILE
+    if not (folder / BEST_CHECKPOINT).is_file() or not metrics.is_file():
+        return False
+    steps = History.from_jsonl(metrics).step
+    return bool(steps) and steps[-1] > 0
 
 
 def _train_quick_model(steps: int, device: str) -> None:

@@ -145,7 +145,15 @@ def dataset_path(dataset: str | DatasetInfo, download: bool = True) -> Path:
             f"dataset_path({info.name!r}) with download=True, or put {info.filename} in a folder "
             "and set LAL_DATA_DIR to that folder."
         )
-    return _download(info)
+    try:
+        return _download(info)
+    except DownloadError as err:
+        if not cached.is_file():
+            raise
+        raise DownloadError(
+            f"The cached copy {cached} does not match the SHA-256 of {info.name} (it was damaged or "
+            f"changed), and downloading a fresh one failed: {err}"
+        ) from None
 
 
 def _check_provided_file(path: Path, info: DatasetInfo) -> None:

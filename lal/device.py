@@ -28,6 +28,13 @@ import numpy as np
 import torch
 
 import lal
+from lal._cpu_load import ThreadFitter, fit_threads
+
+# ThreadFitter is re-exported: the training and sampling loops take it from here.
+
+# One torch thread per core that other programs leave free (see lal/_cpu_load.py): measured over
+# the import of torch, so a notebook's first cell or a command's start decides it.
+fit_threads()
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 

@@ -51,6 +51,8 @@ __all__ = [
     "qkv_attention",
     "multi_head_attention",
     "transformer_block",
+    "sampling_pipeline",
+    "kv_cache",
     "mixed_precision_step",
     "data_parallel",
 ]
@@ -421,6 +423,84 @@ def transformer_block(pre_ln: bool = True) -> Figure:
     shape_label(ax, width - 0.2, stream_y + 0.45, "(B, T, C)", ha="right")
     note(ax, 0.2, 0.45, "the residual stream: each branch reads it and adds its result"
          + ("; nothing on the stream rescales it" if pre_ln else "; LayerNorm rescales the stream itself"))
+    return fig
+
+
+def sampling_pipeline() -> Figure:
+    """From the model's logits to the next token: temperature, top-k, top-p, softmax, one draw.
+
+    This is the order :func:`lal.sample.next_token_distribution` applies. Every filter works on
+    logits and removes a token by setting its logit to −∞, so the softmax at the end gives it
+    probability exactly 0 and renormalises what is left. Temperature 0 skips the whole chain: greedy
+    decoding takes the argmax. The drawn token is appended to the context and the model runs again.
+    """
+    fig, ax = canvas(20.0, 6.2, "Sampling: from logits to the next token")
+    row = 3.6
+    size = dict(width=2.5, height=1.1)
+    model = box(ax, 1.45, row, "model", kind="param", sublabel="last position", **size)
+    temperature = box(ax, 4.75, row, "÷ temperature", kind="op", sublabel="logits / T", **size)
+    top_k = box(ax, 8.05, row, "top-k", kind="op", sublabel="keep k largest", **size)
+    top_p = box(ax, 11.35, row, "top-p", kind="op", sublabel="keep the nucleus", **size)
+    softmax = box(ax, 14.65, row, "softmax", kind="op", sublabel="−∞ → p = 0", **size)
+    draw = box(ax, 17.95, row, "draw", kind="data", sublabel="multinomial(seed)", **size)
+    greedy = box(ax, 11.35, 1.2, "greedy (T = 0)", kind="op", width=3.0, height=1.1, sublabel="argmax(logits)")
+    arrow(ax, model.right, temperature.left, "logits", label_side="above")
+    for left, right in [(temperature, top_k), (top_k, top_p), (top_p, softmax)]:
+        arrow(ax, left.right, right.left)
+    arrow(ax, softmax.right, draw.left, "probs", label_side="above")
+    arrow(ax, (model.x, model.y - model.height / 2), greedy.left, curve=0.25, dashed=True)
+    arrow(ax, greedy.right, (draw.x, draw.y - draw.height / 2), curve=0.25, dashed=True)
+    arrow(ax, draw.top, model.top, "append the token to the context, run the model again", curve=0.12,
+          label_side="above")
+    for piece in (temperature, top_k, top_p):
+        shape_label(ax, piece.x, row - 0.9, "(V,)", ha="center", fontsize=8)
+    shape_label(ax, softmax.x, row - 0.9, "(V,) sums to 1", ha="center", fontsize=8)
+    shape_label(ax, draw.x + 0.5, row - 0.9, "one id", ha="left", fontsize=8)
+    note(ax, 0.3, 0.35, "filters set logits to −∞; T < 1 sharpens, T > 1 flattens; the seed fixes the draw")
+    return fig
+
+
+def kv_cache(block_size: int = 12, cached: int = 7) -> Figure:
+    """One generation step with a key/value cache, for one attention layer.
+
+    Without a cache, every step runs the model on the whole window: ``T`` positions to get one new
+    row of logits. With one, the keys and values of earlier positions are kept; the new token alone
+    goes through the layer, its key and value are written into the next free slot, and its query
+    attends over every filled slot. The cache has ``block_size`` slots because the position
+    embedding has no more rows: once it is full, the window slides and every position changes.
+    """
+    if not 0 < cached < block_size:
+        raise ValueError(f"cached must be between 1 and block_size - 1, got {cached} of {block_size}.")
+    fig, ax = canvas(20.0, 7.4, "The KV cache: one new token per step, the past read from memory")
+    token = box(ax, 1.3, 5.6, "new token", kind="data", width=2.2, height=1.1, sublabel=f"position {cached}")
+    layer = box(ax, 4.9, 5.6, "q, k, v", kind="param", width=2.4, height=1.1, sublabel="Linear(C, 3C)")
+    arrow(ax, token.right, layer.left, "(B, 1, C)", label_side="above")
+    slot, left = 0.78, 8.0
+    for name, y in (("keys", 5.9), ("values", 4.5)):
+        ax.text(left - 0.2, y, name, ha="right", va="center", fontsize=9, fontweight="bold")
+        for position in range(block_size):
+            kind = "data" if position < cached else ("param" if position == cached else "residual")
+            fill, edge = KIND_COLORS[kind]
+            ax.add_patch(FancyBboxPatch((left + position * slot, y - 0.3), slot - 0.1, 0.6,
+                                        boxstyle="round,pad=0,rounding_size=0.06", facecolor=fill if
+                                        position <= cached else "white", edgecolor=edge, linewidth=1.0, zorder=2))
+            if name == "keys":
+                ax.text(left + position * slot + (slot - 0.1) / 2, 6.5, str(position), ha="center",
+                        va="center", fontsize=7, color=SHAPE_COLOR)
+    new_slot = left + cached * slot + (slot - 0.1) / 2
+    arrow(ax, layer.right, (new_slot, 6.2), "k, v of the new token", curve=-0.3, label_side="above")
+    end = left + block_size * slot
+    note(ax, left, 3.75, f"cached: positions 0…{cached - 1}, computed once", fontsize=8.5)
+    note(ax, end, 3.75, f"free until block_size = {block_size}", ha="right", fontsize=8.5)
+    attend = box(ax, 10.0, 1.8, "attention", kind="op", width=3.4, height=1.1, sublabel="q @ Kᵀ over 0…t")
+    arrow(ax, (layer.x, layer.y - layer.height / 2), attend.left, "q (B, h, 1, d)", curve=0.25, label_side="left")
+    arrow(ax, (left + cached * slot / 2, 4.2), attend.top, "K, V (B, h, t+1, d)", label_side="right")
+    out = box(ax, 14.6, 1.8, "next layers", kind="param", width=2.8, height=1.1, sublabel="one position")
+    logits = box(ax, 18.3, 1.8, "logits", kind="data", width=2.4, height=1.1, sublabel="(B, 1, V)")
+    arrow(ax, attend.right, out.left)
+    arrow(ax, out.right, logits.left)
+    note(ax, 0.3, 0.45, "per step: the work of one position instead of t + 1; when the window slides past "
+         "block_size, every position moves and the cache must be rebuilt")
     return fig
 
 

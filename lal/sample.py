@@ -15,6 +15,9 @@ How the token is chosen is the subject of chapter 6:
 
 The filters are applied in that order (temperature, then top-k, then top-p) to logits of any
 shape ``(..., V)``; a filtered token gets a logit of ``-inf``, so its probability is exactly 0.
+Two more tools work on the same logits: :func:`min_p_filter` (keep tokens at least ``min_p``
+times as likely as the best one) and :func:`repetition_penalty` (push down tokens already
+generated); :func:`sequence_logprob` scores a whole text under the model.
 
 :func:`stream` yields token ids as they are produced (for printing text as it appears),
 :func:`generate` collects them, and :func:`generate_text` goes from a string prompt to a string.
@@ -32,6 +35,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from lal.device import ThreadFitter
 from lal.model import GPT
 from lal.tokenizers import Tokenizer
 
@@ -113,6 +117,56 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     keep_sorted = mass_before < p  # (..., V); position 0 has mass 0 < p, so it is always kept
     keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)  # back to token order
     return logits.masked_fill(~keep, float("-inf"))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep the tokens at least ``min_p`` times as likely as the most likely one (per row).
+
+    min-p (Nguyen et al., 2024) sets the cut relative to the model's confidence: when the top
+    token has probability 0.9, ``min_p = 0.1`` keeps only tokens above 0.09; when the top token
+    has 0.05, it keeps everything above 0.005. A token is removed when its probability is
+    *strictly* below ``min_p × p_max``, so a token exactly at the threshold (a tie) stays, and
+    the most likely token always does. ``min_p = 0`` keeps everything. Works on ``(..., V)``.
+    """
+    if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p!r}: e.g. 0.05 keeps tokens ≥ 5% of the top one.")
+    probs = F.softmax(logits.float(), dim=-1)  # (..., V)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values  # (..., 1): one cut per row
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def repetition_penalty(logits: torch.Tensor, previous_ids: PromptIds, penalty: float) -> torch.Tensor:
+    """Make the tokens already generated less likely: CTRL's repetition penalty (Keskar et al., 2019).
+
+    Each *distinct* id of ``previous_ids`` gets its logit divided by ``penalty`` when positive and
+    multiplied by it when negative, so with ``penalty > 1`` it always moves down (dividing a
+    negative logit would move it *up*). An id that occurred ten times is penalised once, like one
+    that occurred once. ``penalty = 1`` changes nothing. Works on ``(..., V)``, the same ids for
+    every row; returns a new tensor.
+    """
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
+        raise ValueError(f"penalty must be a number > 0 (1 = no penalty, 1.2 is typical), got {penalty!r}.")
+    ids = torch.unique(torch.as_tensor(previous_ids, dtype=torch.long, device=logits.device).flatten())  # (n,)
+    seen = logits[..., ids]  # (..., n)
+    penalised = torch.where(seen > 0, seen / penalty, seen * penalty)  # (..., n)
+    return logits.index_copy(-1, ids, penalised)
+
+
+def sequence_logprob(logits: torch.Tensor, ids: PromptIds) -> float:
+    """log P(ids[1:] | ids[0]): the sum over t ≥ 1 of log softmax(logits[t − 1])[ids[t]].
+
+    ``logits`` ``(T, V)`` are the model's outputs for the ``T`` tokens ``ids``; row ``t − 1``
+    predicts token ``t``, so the first token is the condition and is not scored (a single token
+    scores 0.0). It is the quantity behind perplexity (``exp(−logprob / (T − 1))``), and what a
+    model uses to rank candidate continuations.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long, device=logits.device)
+    if logits.dim() != 2 or ids.dim() != 1 or logits.size(0) != ids.size(0):
+        raise ValueError(
+            f"logits must be (T, V) and ids (T,), got {tuple(logits.shape)} and {tuple(ids.shape)}."
+        )
+    log_probs = F.log_softmax(logits[:-1].float(), dim=-1)  # (T - 1, V): row t - 1 predicts token t
+    return float(log_probs.gather(-1, ids[1:].unsqueeze(-1)).sum())
 
 
 def next_token_distribution(
@@ -390,7 +444,9 @@ def _token_loop(
     step = _cached_step if use_kv_cache else _plain_step
     with _eval_inference(model):
         context = _Context(model, window, use_cache=use_kv_cache)
+    fit_threads = ThreadFitter()  # follow other programs' CPU use (lal/_cpu_load.py)
     for _ in range(max_new_tokens):
+        fit_threads()
         with _eval_inference(model):
             token = choose(step(model, context))  # (1, 1)
             token_id = int(token.item())

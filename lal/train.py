@@ -43,9 +43,24 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from lal.checkpoint import CheckpointError, load_model_state, read_checkpoint, save_checkpoint, unwrap_model
+from lal.checkpoint import (
+    CheckpointError,
+    load_model_state,
+    read_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    unwrap_model,
+)
 from lal.data import batches_from_windows, eval_windows, get_batch
-from lal.device import PRECISIONS, autocast, compile_model, configure_backends, needs_grad_scaler, pick_device
+from lal.device import (
+    PRECISIONS,
+    ThreadFitter,
+    autocast,
+    compile_model,
+    configure_backends,
+    needs_grad_scaler,
+    pick_device,
+)
 from lal.distributed import all_reduce_sum, current_context, gather_objects
 from lal.model import GPT
 from lal.tokenizers import Tokenizer
@@ -118,6 +133,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer or None, got {value!r}.")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be an integer ≥ 0, got {self.warmup_steps!r}.")
+        for name in ("lr", "min_lr", "beta1", "beta2", "weight_decay", "grad_clip", "min_delta", "target_val_loss"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {value}.")
         if not 0.0 < self.lr:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}.")
         if not 0.0 <= self.min_lr <= self.lr:
@@ -437,6 +456,13 @@ class _Trainer:
         # Each rank draws its own windows and dropout masks; rank 0's are a single process's.
         self.batch_generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout
+        for split, data in (("training", self.train_data), ("validation", self.val_data)):
+            if data is not None and len(data) < self.block_size + 1:
+                raise ValueError(
+                    f"The {split} split has {len(data)} tokens, but one window of context needs "
+                    f"block_size + 1 = {self.block_size + 1}. The validation split is the last 10 % of "
+                    "the text: use a longer text, or a smaller block_size (--block-size)."
+                )
         self.eval_starts = eval_windows(self.val_data, cfg.eval_windows, self.block_size, seed=EVAL_SEED)
         self.eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
         self.state = _RunState()
@@ -447,6 +473,8 @@ class _Trainer:
         # Reading a CPU tensor costs nothing, so there a NaN is caught before it reaches the weights
         # (not across processes: one rank stopping alone would leave the others waiting forever).
         self.check_every_step = _reads_are_free(self.device) and not self.dist.is_distributed
+        # Follow other programs' CPU use, so a busy machine does not stall torch's threads.
+        self.fit_threads = ThreadFitter()
 
     # ------------------------------------------------------------------ the loop
 
@@ -495,6 +523,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         self.step_losses.append(step_loss)
+        self.fit_threads()
 
     def _micro_batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The ``grad_accum_steps`` micro-batches of optimiser step ``step``, counting their tokens."""
@@ -593,8 +622,10 @@ class _Trainer:
         self.state.history.stopped_reason = "diverged"
         raise TrainingDivergedError(
             f"The loss became NaN or infinite at step {step} (learning rate {lr:.2e}); training stopped. "
-            f"{where} Try a lower learning rate (e.g. lr={self.cfg.lr / 3:.1e}), a longer warmup, or "
-            "grad_clip=1.0, then train again (from scratch, or with resume=True from the last good checkpoint).",
+            f"{where} Try a lower learning rate (e.g. lr={self.cfg.lr / 3:.1e}; it is {self.cfg.lr:.1e}) or a "
+            f"longer warmup (warmup_steps is {self.cfg.warmup_steps})"
+            + (", and gradient clipping (grad_clip=1.0)" if self.cfg.grad_clip is None or self.cfg.grad_clip > 1.0 else "")
+            + ", then train again (from scratch, or resume from the last good checkpoint).",
             step=step,
             history=self.state.history,
             last_good_checkpoint=last_good if last_good is not None and last_good.is_file() else None,
@@ -625,6 +656,7 @@ class _Trainer:
         if self.out_dir is None or not self.dist.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
         tmp_path = self.out_dir / (METRICS_FILE + ".tmp")
         with open(tmp_path, "w", encoding="utf-8") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)

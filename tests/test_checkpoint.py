@@ -126,8 +126,13 @@ def test_truncated_and_empty_files_are_reported_as_corrupt(saved, tmp_path) -> N
         load_checkpoint(truncated)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
         load_checkpoint(garbage)
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(bytes((index * 7919 + 13) % 256 for index in range(4000)))
+    with pytest.raises(CheckpointError, match="is not a checkpoint") as raised:
+        load_checkpoint(random_bytes)
+    assert "run code" not in str(raised.value)  # random bytes are no pickle that would run code
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):

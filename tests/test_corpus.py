@@ -212,7 +212,8 @@ def test_unreachable_site_is_skipped_with_a_reason(tmp_path, site):
     report = build_corpus(urls=urls, out=tmp_path / "c.txt", fetcher=fake_fetcher(FakeTime()))
     assert report.documents == 1
     assert report.skipped[0][0] == dead_url
-    assert "robots.txt could not be fetched (ConnectionError)" in report.skipped[0][1]
+    assert "Could not reach" in report.skipped[0][1] and "connection refused" in report.skipped[0][1]
+    assert "robots.txt" not in report.skipped[0][1]  # an unreachable site says nothing about its rules
 
 
 def test_unusable_pages_are_skipped_with_reasons(site, tmp_path):
@@ -233,6 +234,9 @@ def test_fetch_pages_returns_texts_and_warns_about_skips(site):
 # --------------------------------------------------------------------------- files and folders
 
 
+PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
 def test_build_corpus_from_files_and_folders(tmp_path):
     (tmp_path / "a.txt").write_text("Alpha text.\n", encoding="utf-8")
     notes = tmp_path / "notes"
@@ -243,7 +247,7 @@ def test_build_corpus_from_files_and_folders(tmp_path):
     )
     (notes / "a_empty.txt").write_text("  \n", encoding="utf-8")
     (notes / ".hidden.txt").write_text("HIDDEN", encoding="utf-8")
-    (notes / "image.png").write_bytes(b"\x89PNG")
+    (notes / "image.png").write_bytes(PNG_START)
     (notes / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
 
     report = build_corpus(paths=[tmp_path / "a.txt", notes], out=tmp_path / "corpus.txt")
@@ -255,7 +259,7 @@ def test_build_corpus_from_files_and_folders(tmp_path):
     assert report.characters == len("Alpha text.") + len("# Bravo\n\nNotes.") + len("Charlie")
     assert report.skipped == [
         (str(notes / "a_empty.txt"), "no text"),
-        (str(notes / "image.png"), "unsupported file type .png; use .txt, .md, .markdown, .text, .html, .htm"),
+        (str(notes / "image.png"), "binary, not text"),
         (str(notes / "latin.txt"), "not valid UTF-8; save it as UTF-8 and build again"),
     ]
     assert "Wrote 3 documents" in str(report)
@@ -272,7 +276,40 @@ def test_corpus_written_inside_a_source_folder_does_not_read_itself(tmp_path):
 def test_missing_path_and_empty_corpus_are_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         build_corpus(paths=[tmp_path / "nope.txt"], out=tmp_path / "c.txt")
-    (tmp_path / "pic.png").write_bytes(b"\x89PNG")
-    with pytest.raises(ValueError, match="would be empty.*unsupported file type .png"):
+    (tmp_path / "pic.png").write_bytes(PNG_START)
+    with pytest.raises(ValueError, match="would be empty.*binary, not text"):
         build_corpus(paths=[tmp_path / "pic.png"], out=tmp_path / "c.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pic.png"]
+
+
+def test_text_files_are_recognised_by_content_not_by_name(tmp_path):
+    """Debian's fortune files have no suffix; a .dat file may be text too; a binary .txt is not."""
+    (tmp_path / "fortunes").write_text("A fortune.\n%\nAnother one.\n", encoding="utf-8")
+    (tmp_path / "notes.dat").write_text("plain words", encoding="utf-8")
+    (tmp_path / "fake.txt").write_bytes(PNG_START + bytes(range(256)))
+    report = build_corpus(paths=tmp_path, out=tmp_path / "out" / "c.txt")
+    assert report.documents == 2
+    assert report.skipped == [(str(tmp_path / "fake.txt"), "binary, not text")]
+
+
+def test_links_out_of_the_named_folder_are_not_followed(tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("SECRET", encoding="utf-8")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("mine", encoding="utf-8")
+    (folder / "inner.txt").symlink_to(folder / "mine.txt")  # a link that stays inside is fine
+    (folder / "passwd.txt").symlink_to(outside)
+    report = build_corpus(paths=folder, out=tmp_path / "c.txt")
+    assert "SECRET" not in (tmp_path / "c.txt").read_text(encoding="utf-8")
+    assert report.documents == 2
+    assert report.skipped == [(str(folder / "passwd.txt"), f"a link to a file outside {folder}; not followed")]
+
+
+def test_skips_are_reported_one_line_per_reason(tmp_path):
+    for index in range(5):
+        (tmp_path / f"pic{index}.png").write_bytes(PNG_START)
+    (tmp_path / "text.txt").write_text("words", encoding="utf-8")
+    lines = str(build_corpus(paths=tmp_path, out=tmp_path / "out" / "c.txt")).splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("  skipped 5: binary, not text (") and lines[1].endswith("and 2 more)")

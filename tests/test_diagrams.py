@@ -122,3 +122,19 @@ def test_transformer_block_puts_layernorm_on_the_branch_pre_ln_and_on_the_stream
     plus_height = round(next(t for t in pre.axes[0].texts if t.get_text() == "+").get_position()[1], 1)
     assert all(height > plus_height + 1 for height in norm_heights(pre)) and len(norm_heights(pre)) == 2
     assert norm_heights(post) == pytest.approx([plus_height, plus_height], abs=0.3)
+
+
+def test_sampling_pipeline_draws_the_filters_in_the_order_the_sampler_applies_them() -> None:
+    texts = diagrams.figure_texts(diagrams.sampling_pipeline())
+    order = ["÷ temperature", "top-k", "top-p", "softmax", "draw"]
+    assert [texts.index(step) for step in order] == sorted(texts.index(step) for step in order)
+    assert "greedy (T = 0)" in texts and "argmax(logits)" in texts
+
+
+def test_kv_cache_draws_one_slot_per_position_and_rejects_a_full_cache() -> None:
+    fig = diagrams.kv_cache(block_size=10, cached=4)
+    slots = [patch for patch in _boxes(fig) if patch.get_width() < 1]
+    assert len(slots) == 2 * 10  # keys and values, one slot per position up to block_size
+    assert "position 4" in diagrams.figure_texts(fig)
+    with pytest.raises(ValueError, match="between 1 and block_size - 1"):
+        diagrams.kv_cache(block_size=8, cached=8)

@@ -3,6 +3,8 @@ KV-cache path generates exactly what the plain path does, also past the context 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -15,8 +17,11 @@ from lal.sample import (
     decode_stream,
     generate,
     generate_text,
+    min_p_filter,
     next_token_distribution,
+    repetition_penalty,
     sample_next_token,
+    sequence_logprob,
     stream,
     top_k_filter,
     top_p_filter,
@@ -105,6 +110,52 @@ def test_top_p_always_keeps_the_most_likely_token() -> None:
     logits = torch.tensor([[0.0, 0.0, 10.0], [5.0, 0.0, 0.0]])
     assert kept(top_p_filter(logits, 1e-6)[0]) == {2}
     assert kept(top_p_filter(logits, 1e-6)[1]) == {0}
+
+
+def test_top_p_drops_a_tied_token_once_the_mass_before_it_reaches_p() -> None:
+    # probabilities 0.5, 0.5: the first token alone reaches p = 0.5, so the nucleus is {0}.
+    # (Keeping a token while the mass before it is <= p, instead of < p, would keep both.)
+    assert kept(top_p_filter(torch.tensor([0.0, 0.0]), 0.5)) == {0}
+    assert kept(top_p_filter(torch.tensor([0.0, 0.0]), 0.51)) == {0, 1}
+
+
+def test_min_p_keeps_tokens_relative_to_the_most_likely_one_per_row() -> None:
+    logits = PROBS.log().repeat(2, 1)  # probabilities 0.5, 0.3, 0.15, 0.05 in both rows
+    logits[1] = torch.tensor([0.0, 0.0, 0.0, -10.0])  # a flat row: its own, lower, threshold
+    filtered = min_p_filter(logits, 0.4)  # cut at 0.4 × 0.5 = 0.2 in row 0
+    assert kept(filtered[0]) == {0, 1}
+    assert kept(filtered[1]) == {0, 1, 2}
+    torch.testing.assert_close(filtered[0, :2], logits[0, :2])
+    assert kept(min_p_filter(torch.tensor([1.0, 1.0, 0.0]), 1.0)) == {0, 1}  # a tie at the threshold stays
+    assert kept(min_p_filter(LOGITS, 0.0)) == set(range(6))
+    with pytest.raises(ValueError, match="min_p"):
+        min_p_filter(LOGITS, 1.5)
+
+
+def test_repetition_penalty_pushes_each_seen_token_down_once() -> None:
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0, 0.0])
+    before = logits.clone()
+    result = repetition_penalty(logits, [0, 1, 1, 1, 4], 2.0)
+    torch.testing.assert_close(result, torch.tensor([1.0, -2.0, 0.5, -3.0, 0.0]))
+    assert torch.equal(logits, before)  # a new tensor, the input untouched
+    assert torch.equal(repetition_penalty(logits, [0, 1, 2], 1.0), logits)
+    assert torch.equal(repetition_penalty(logits, [], 3.0), logits)
+    torch.testing.assert_close(repetition_penalty(logits.repeat(2, 1), torch.tensor([3]), 2.0)[:, 3],
+                               torch.tensor([-6.0, -6.0]))
+
+
+def test_sequence_logprob_scores_every_token_after_the_first() -> None:
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]])
+    ids = torch.tensor([1, 0, 1])
+    expected = math.log(0.5) + math.log(1 / (1 + math.exp(2.0)))  # logits[2] predicts nothing
+    assert sequence_logprob(logits, ids) == pytest.approx(expected)
+    assert sequence_logprob(logits[:1], ids[:1]) == 0.0
+    model = tiny_gpt().eval()
+    tokens = torch.tensor([[1, 4, 2, 7, 7, 3]])
+    with torch.no_grad():
+        model_logits, loss = model(tokens[:, :-1], tokens[:, 1:])
+        full_logits, _ = model(tokens)
+    assert sequence_logprob(full_logits[0], tokens[0]) == pytest.approx(-5 * loss.item(), rel=1e-5)
 
 
 def test_temperature_scales_logits_and_zero_is_greedy() -> None:

@@ -9,6 +9,7 @@ from lal.checks.ch01 import check_cross_entropy, check_label_smoothed_cross_entr
 from lal.checks.ch02 import check_bpe_encode, check_bpe_merge, check_mean_embedding
 from lal.checks.ch03 import check_cached_attention, check_causal_attention, check_sliding_window_attention
 from lal.checks.ch04 import check_count_llama_parameters, check_layer_norm, check_rms_norm, check_swiglu_mlp
+from lal.checks.ch06 import check_min_p_filter, check_repetition_penalty, check_sequence_logprob
 from lal.checks.ch08 import check_gpt2_to_lal, check_mfu, check_training_memory
 
 __all__ = [
@@ -29,6 +30,10 @@ __all__ = [
     "check_rms_norm",
     "check_swiglu_mlp",
     "check_count_llama_parameters",
+    # chapter 6: sampling
+    "check_min_p_filter",
+    "check_repetition_penalty",
+    "check_sequence_logprob",
     # chapter 8: the full run
     "check_training_memory",
     "check_mfu",

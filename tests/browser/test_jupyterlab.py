@@ -144,8 +144,10 @@ def _wait_for_all_cells(page: Page, n_code_cells: int) -> None:
         if done and page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0:
             return
         time.sleep(1)
-    running = [p for p in prompts if "*" in p or p in ("[ ]:", "")]
-    pytest.fail(f"Not every cell ran within {RUN_ALL_TIMEOUT_S} s ({len(running)} of {len(prompts)} still waiting)")
+    waiting = [i for i, p in enumerate(prompts) if not (p.startswith("[") and p[1:-2].isdigit())]
+    first = page.locator(".jp-CodeCell").nth(waiting[0]).locator(".jp-InputArea-editor").inner_text() if waiting else ""
+    pytest.fail(f"Not every cell ran within {RUN_ALL_TIMEOUT_S} s ({len(waiting)} of {len(prompts)} still waiting; "
+                f"the first is code cell {waiting[0] + 1 if waiting else '?'}: {first[:300]!r})")
 
 
 def _figure_source(widget) -> str:
