@@ -148,10 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate",
         help="sample text from a trained model",
-        description="Continue a prompt with a trained model, printing tokens as they come.",
-        epilog='Example: lal generate --ckpt runs/tiny --prompt "ROMEO:" --max-new-tokens 300 --seed 1',
+        description="Continue a prompt with a trained model, or with GPT-2's real weights, printing tokens "
+        "as they come.",
+        epilog='Examples: lal generate --ckpt runs/tiny --prompt "ROMEO:" --max-new-tokens 300 --seed 1\n'
+        '          lal generate --gpt2 gpt2 --prompt "The meaning of life is" --top-k 50',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    generate.add_argument("--ckpt", type=Path, required=True, help="checkpoint file or training folder")
+    weights = generate.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--ckpt", type=Path, help="checkpoint file or training folder")
+    weights.add_argument(
+        "--gpt2", metavar="NAME_OR_DIR",
+        help="GPT-2's weights: gpt2, gpt2-medium, gpt2-large or gpt2-xl (downloaded once), or a folder "
+        "with config.json and model.safetensors (offline)",
+    )
     generate.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     _add_sampling_options(generate)
 
@@ -404,10 +413,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from lal.device import pick_device
     from lal.sample import generate_text
 
-    checkpoint = load_checkpoint(args.ckpt, device=pick_device(args.device))
+    if args.gpt2 is not None:
+        from lal.pretrained import load_gpt2
+
+        model, tokenizer = load_gpt2(args.gpt2, device=pick_device(args.device))
+    else:
+        checkpoint = load_checkpoint(args.ckpt, device=pick_device(args.device))
+        model, tokenizer = checkpoint.model, checkpoint.tokenizer
     print(args.prompt, end="", flush=True)
     generate_text(
-        checkpoint.model, checkpoint.tokenizer, args.prompt, args.max_new_tokens,
+        model, tokenizer, args.prompt, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream_to=_print_stream,
     )
     print()

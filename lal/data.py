@@ -233,7 +233,7 @@ def _download(
     tmp_path = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as out:
-            digest, n_bytes = _stream_to_file(source, out, info, timeout_s, session)
+            digest, n_bytes, _ = _stream_to_file(source, out, info.name, _offline_advice(info), timeout_s, session)
         if digest != info.sha256.lower():
             raise DownloadError(
                 f"The file downloaded from {source} does not match the SHA-256 of {info.name}: "
@@ -252,13 +252,16 @@ def _download(
 def _stream_to_file(
     url: str,
     out: BinaryIO,
-    info: DatasetInfo,
+    what: str,
+    advice: str,
     timeout_s: float,
     session: requests.Session | None,
-) -> tuple[str, int]:
-    """Write the body at ``url`` into ``out``; return its SHA-256 and length.
+) -> tuple[str, int, dict[str, str]]:
+    """Write the body at ``url`` into ``out``; return its SHA-256, its length and the response headers.
 
-    Every way the network can fail becomes a ``DownloadError`` that says what to do.
+    Every way the network can fail becomes a ``DownloadError`` naming ``what`` was being downloaded
+    and ending with ``advice`` (what to do). The headers (lower-case names) include those of any
+    redirect on the way: a server may state the file's checksum there.
     """
     http = session or requests
     digest = hashlib.sha256()
@@ -266,26 +269,20 @@ def _stream_to_file(
     try:
         with http.get(url, stream=True, timeout=timeout_s, headers={"User-Agent": USER_AGENT}) as response:
             response.raise_for_status()
+            hops = (*response.history, response)  # redirects first, then the final answer
+            headers = {name.lower(): value for hop in hops for name, value in hop.headers.items()}
             for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
                 out.write(chunk)
                 digest.update(chunk)
                 n_bytes += len(chunk)
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        raise DownloadError(
-            f"Downloading {info.name} from {url} failed: the server answered HTTP {status}. "
-            + _offline_advice(info)
-        ) from exc
+        raise DownloadError(f"Downloading {what} from {url} failed: the server answered HTTP {status}. " + advice) from exc
     except requests.Timeout as exc:
-        raise DownloadError(
-            f"Downloading {info.name} from {url} timed out after {timeout_s:g} s. " + _offline_advice(info)
-        ) from exc
+        raise DownloadError(f"Downloading {what} from {url} timed out after {timeout_s:g} s. " + advice) from exc
     except requests.RequestException as exc:
-        raise DownloadError(
-            f"Could not download {info.name} from {url}: {exc.__class__.__name__}. "
-            + _offline_advice(info)
-        ) from exc
-    return digest.hexdigest(), n_bytes
+        raise DownloadError(f"Could not download {what} from {url}: {exc.__class__.__name__}. " + advice) from exc
+    return digest.hexdigest(), n_bytes, headers
 
 
 def _offline_advice(info: DatasetInfo) -> str:

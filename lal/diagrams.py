@@ -53,6 +53,8 @@ __all__ = [
     "transformer_block",
     "sampling_pipeline",
     "kv_cache",
+    "mixed_precision_step",
+    "data_parallel",
 ]
 
 #: Size of one drawing unit in inches: a 15 × 5 unit diagram is a 9 × 3 inch figure.
@@ -499,4 +501,76 @@ def kv_cache(block_size: int = 12, cached: int = 7) -> Figure:
     arrow(ax, out.right, logits.left)
     note(ax, 0.3, 0.45, "per step: the work of one position instead of t + 1; when the window slides past "
          "block_size, every position moves and the cache must be rebuilt")
+    return fig
+
+
+def mixed_precision_step() -> Figure:
+    """One mixed-precision training step: float32 weights, low-precision matmuls, float32 update.
+
+    Autocast runs the matmuls of the forward and backward passes in bf16 (or fp16), where a GPU
+    computes several times faster, while the weights, their gradients and AdamW's state stay in
+    float32, so the many tiny updates of a long run are not rounded away. bf16 has float32's range,
+    so nothing else changes. fp16 (the T4 and V100, which have no bf16) has a narrow range: small
+    gradients would underflow to zero, so the loss is multiplied by a scale before ``backward()``,
+    the gradients are divided by it before clipping, and a step whose gradients overflowed is skipped.
+    """
+    fig, ax = canvas(19.2, 6.4, "A mixed-precision training step")
+    top, bottom = 4.5, 1.6
+    size = dict(width=2.7, height=1.1)
+    weights = box(ax, 1.6, top, "weights", kind="param", sublabel="float32", **size)
+    cast = box(ax, 5.1, top, "autocast", kind="op", sublabel="bf16 copies", **size)
+    passes = box(ax, 8.6, top, "forward + backward", kind="data", sublabel="matmuls in bf16", width=3.2,
+                 height=1.1)
+    grads = box(ax, 12.3, top, "gradients", kind="optim", sublabel="float32, one per weight", width=3.2,
+                height=1.1)
+    step = box(ax, 16.3, top, "AdamW step", kind="optim", sublabel="float32 state m, v", width=3.2, height=1.1)
+    arrow(ax, weights.right, cast.left)
+    arrow(ax, cast.right, passes.left)
+    arrow(ax, passes.right, grads.left)
+    arrow(ax, grads.right, step.left)
+    arrow(ax, step.top, weights.top, "updated in float32: small steps are not rounded away", curve=0.12,
+          dashed=True, label_side="above")
+    scale = box(ax, 8.6, bottom, "loss × scale", kind="loss", sublabel="scaler.scale(loss)", width=3.2,
+                height=1.1)
+    unscale = box(ax, 12.3, bottom, "÷ scale, check", kind="optim", sublabel="scaler.unscale_(opt)",
+                  width=3.2, height=1.1)
+    skip = box(ax, 16.3, bottom, "step or skip", kind="op", sublabel="skip if inf / NaN", width=3.2, height=1.1)
+    arrow(ax, passes.bottom, scale.top, "fp16 only", label_side="left", dashed=True)
+    arrow(ax, scale.right, unscale.left, dashed=True)
+    arrow(ax, unscale.right, skip.left, dashed=True)
+    arrow(ax, skip.top, step.bottom, dashed=True)
+    note(ax, 0.3, 2.2, "bf16 (A100, H100, L4, RTX 30+):\nfloat32's range, no scaling.")
+    note(ax, 0.3, 0.9, "fp16 (T4, V100): tiny gradients\nunderflow, so scale the loss.")
+    return fig
+
+
+def data_parallel(n_ranks: int = 3) -> Figure:
+    """Data-parallel training (PyTorch's DistributedDataParallel) on ``n_ranks`` processes.
+
+    Every process ("rank", one per GPU) holds a full copy of the model and draws its own windows,
+    so one step sees ``n_ranks`` times the batch. After ``backward()`` the gradients are averaged
+    across ranks (an all-reduce, overlapped with the backward pass), so every rank takes the same
+    AdamW step and the copies stay identical; only rank 0 writes metrics and checkpoints.
+    """
+    if n_ranks < 2:
+        raise ValueError(f"Data parallelism needs at least 2 ranks to draw, got {n_ranks}.")
+    row_gap = 1.7
+    height = 1.6 + n_ranks * row_gap
+    fig, ax = canvas(18.6, height, f"Data-parallel training on {n_ranks} GPUs")
+    size = dict(width=2.8, height=1.05)
+    rows = [height - 0.9 - rank * row_gap for rank in range(n_ranks)]
+    middle = (rows[0] + rows[-1]) / 2
+    reduce = box(ax, 12.1, middle, "all-reduce", kind="op", sublabel="mean of gradients", width=2.8,
+                 height=rows[0] - rows[-1] + 1.05)
+    for rank, y in enumerate(rows):
+        windows = box(ax, 1.6, y, f"rank {rank}: windows", kind="data", sublabel="its own random draw", **size)
+        model = box(ax, 5.1, y, "model copy", kind="param", sublabel="same weights", **size)
+        grads = box(ax, 8.6, y, "gradients", kind="optim", sublabel="of its batch", **size)
+        step = box(ax, 15.9, y, "AdamW step", kind="optim", sublabel="identical", **size)
+        arrow(ax, windows.right, model.left)
+        arrow(ax, model.right, grads.left)
+        arrow(ax, grads.right, (reduce.left[0], y))
+        arrow(ax, (reduce.right[0], y), step.left)
+    note(ax, 0.3, 0.45, f"one step sees {n_ranks} × batch × accumulation windows; "
+         "only rank 0 writes metrics.jsonl and checkpoints")
     return fig

@@ -6,8 +6,8 @@ import http.server
 import threading
 import time
 
-#: path -> (HTTP status, Content-Type, body)
-Routes = dict[str, tuple[int, str, bytes]]
+#: path -> (HTTP status, Content-Type, body), optionally followed by a dict of extra headers
+Routes = dict[str, tuple]
 
 
 class LocalServer:
@@ -23,10 +23,12 @@ class LocalServer:
             def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
                 owner.log.append((self.path, self.headers.get("User-Agent", "")))
                 time.sleep(owner.delay_s)
-                status, content_type, body = owner.routes.get(self.path, (404, "text/plain", b"not found"))
+                status, content_type, body, *extra = owner.routes.get(self.path, (404, "text/plain", b"not found"))
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
