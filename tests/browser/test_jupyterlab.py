@@ -140,8 +140,8 @@ def _wait_for_all_cells(page: Page, n_code_cells: int) -> None:
     prompts: list[str] = []
     while time.monotonic() < deadline:
         prompts = [p.strip() for p in _prompts(page)]
-        done = len(prompts) == n_code_cells and all(p.startswith("[") and p[1:-2].isdigit() for p in prompts)
-        if done and page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0:
+        # A cell's prompt shows [*] while it runs or waits, and its execution count once it is done.
+        if len(prompts) == n_code_cells and all(p.startswith("[") and p[1:-2].isdigit() for p in prompts):
             return
         time.sleep(1)
     waiting = [i for i, p in enumerate(prompts) if not (p.startswith("[") and p[1:-2].isdigit())]
