@@ -92,9 +92,12 @@ def _broken_implementations():
         spec = importlib.util.spec_from_file_location(f"broken_{module_path.stem}", module_path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        messages = getattr(module, "MATCH", {})  # what the check must say about each mistake
         for check_name, implementations in module.BROKEN.items():
             for implementation in implementations:
-                params.append(pytest.param(check_name, implementation, id=f"{check_name}:{implementation.__name__}"))
+                match = messages.get(implementation.__name__)
+                params.append(pytest.param(check_name, implementation, match,
+                                           id=f"{check_name}:{implementation.__name__}"))
     return params
 
 
@@ -107,7 +110,7 @@ def test_required_checks_have_broken_implementations() -> None:
     assert required <= covered, f"no broken implementations for {sorted(required - covered)}"
 
 
-@pytest.mark.parametrize("check_name, implementation", BROKEN)
-def test_broken_implementation_fails_its_check(check_name, implementation) -> None:
-    with pytest.raises(AssertionError):
+@pytest.mark.parametrize("check_name, implementation, match", BROKEN)
+def test_broken_implementation_fails_its_check(check_name, implementation, match) -> None:
+    with pytest.raises(AssertionError, match=match):
         getattr(lal.checks, check_name)(implementation)
