@@ -165,7 +165,9 @@ def describe_environment() -> str:
     with _quiet_warnings():
         device = pick_device("auto")
     lines = [
-        f"Python  {platform.python_version()} ({_short_path(sys.executable)})",
+        # The environment's folder, not sys.executable: the same environment is reached through
+        # python, python3 or python3.11, and stored notebook outputs should not depend on which.
+        f"Python  {platform.python_version()} (environment {_short_path(sys.prefix)})",
         f"torch   {torch.__version__}",
         f"lal     {lal.__version__} ({_short_path(os.path.dirname(lal.__file__))})",
         f"device  {_describe_device(device)}",

@@ -281,13 +281,50 @@ def _ema(values: np.ndarray, smoothing: float) -> np.ndarray:
     return smoothed
 
 
-def _draw_reference_lines(ax: Axes, reference: Mapping[str, float]) -> None:
-    """Dashed horizontal lines with their name at the right end (e.g. ln(V), a published result)."""
-    for name, value in reference.items():
+def _densify(points: np.ndarray, per_segment: int = 16) -> np.ndarray:
+    """Points along the polyline through ``points`` (N, 2), so a segment between two sparse
+    evaluations counts as crossing what it crosses."""
+    if len(points) < 2:
+        return points
+    fractions = np.linspace(0, 1, per_segment, endpoint=False)[:, None, None]  # (S, 1, 1)
+    along = points[:-1] + fractions * (points[1:] - points[:-1])  # (S, N - 1, 2)
+    return np.concatenate([along.reshape(-1, 2), points[-1:]])
+
+
+def _draw_reference_lines(ax: Axes, reference: Mapping[str, float],
+                          curves: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> None:
+    """Dashed horizontal lines, each named at whichever end (and side) of it no curve crosses.
+
+    A line such as "ln(V)" or a published result is named by a short label at one end. The
+    curves of a run often pass through one of those spots (a loss that starts at ln V, a
+    validation curve that ends on the reference), so each label goes to the first of right-above,
+    right-below, left-above, left-below that the fewest points of ``curves`` fall into.
+    """
+    for value in reference.values():
         ax.axhline(value, color=REFERENCE_COLOR, linestyle="--", linewidth=1, zorder=1)
-        ax.annotate(f"{name} = {value:.3g}", xy=(1, value), xycoords=ax.get_yaxis_transform(),
-                    xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom",
-                    fontsize=8.5, color=REFERENCE_COLOR)
+    ax.autoscale_view()  # the limits with every line in, so the fractions below are final
+    to_axes = ax.transData + ax.transAxes.inverted()  # data → axes fraction (0..1 on both axes)
+    points = [_densify(to_axes.transform(np.column_stack([xs, ys]))) for xs, ys in curves if len(xs)]
+    curve_points = np.concatenate(points) if points else np.empty((0, 2))
+    for name, value in reference.items():
+        text = f"{name} = {value:.3g}"
+        line_y = to_axes.transform((0.0, value))[1]
+        width = min(0.9, 0.0125 * len(text) + 0.02)  # the label's width as a fraction of the axes
+        height = 0.065
+        candidates = [("right", 1), ("right", -1), ("left", 1), ("left", -1)]
+
+        def crossings(candidate: tuple[str, int]) -> int:
+            end, side = candidate
+            x_low, x_high = (1 - width, 1.0) if end == "right" else (0.0, width)
+            y_low, y_high = sorted((line_y, line_y + side * height))
+            inside = ((curve_points[:, 0] >= x_low) & (curve_points[:, 0] <= x_high)
+                      & (curve_points[:, 1] >= y_low) & (curve_points[:, 1] <= y_high))
+            return int(inside.sum())
+
+        end, side = min(candidates, key=crossings)  # min keeps the first of equally good spots
+        ax.annotate(text, xy=(1 if end == "right" else 0, value), xycoords=ax.get_yaxis_transform(),
+                    xytext=(-3 if end == "right" else 3, 3 * side), textcoords="offset points",
+                    ha=end, va="bottom" if side > 0 else "top", fontsize=8.5, color=REFERENCE_COLOR)
 
 
 @_styled
@@ -330,10 +367,10 @@ def plot_loss(
         best = int(np.argmin(val_y))
         ax.scatter([val_x[best]], [val_y[best]], marker="*", s=220, color=VAL_COLOR, edgecolor="black",
                    linewidth=0.8, zorder=5, label=f"best val {val_y[best]:.3f} ({x} {val_x[best]:.6g})")
-    if reference:
-        _draw_reference_lines(ax, reference)
     if log_y:
         ax.set_yscale("log")
+    if reference:
+        _draw_reference_lines(ax, reference, [(train_x, train_y), (val_x, val_y)])
     ax.set_xlabel(_X_AXIS_LABELS.get(x, x))
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title)
@@ -683,6 +720,58 @@ def char_classes(labels: Sequence[str]) -> list[str]:
     return classes
 
 
+#: Groups in a scatter differ in colour *and* marker, so no two are told apart by hue alone
+#: (vermillion and orange, side by side, are hard to tell apart at the size of a point).
+_GROUP_COLORS = [PALETTE[name] for name in ("blue", "vermillion", "green", "black", "purple", "orange", "sky")]
+_GROUP_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+#: Where a point's label may go, in points from the point: right, left, above, below, the diagonals.
+_LABEL_OFFSETS = [(4, 0, "left", "center"), (-4, 0, "right", "center"), (0, 5, "center", "bottom"),
+                  (0, -5, "center", "top"), (4, 4, "left", "bottom"), (-4, 4, "right", "bottom"),
+                  (4, -4, "left", "top"), (-4, -4, "right", "top")]
+
+
+def _place_point_labels(ax: Axes, coords: np.ndarray, labels: Sequence[str], fontsize: float) -> None:
+    """Label each point beside it, in the first of eight spots that overlaps no label placed yet.
+
+    A greedy placement in display space (estimated text boxes): crowded clusters of short labels,
+    such as the letters of a character model, stay readable. When every spot is taken the label
+    goes to the least crowded one.
+    """
+    ax.autoscale_view()
+    to_pixels = ax.transData.transform
+    pixels_per_point = ax.figure.dpi / 72
+    char_width, height = 0.62 * fontsize * pixels_per_point, 1.2 * fontsize * pixels_per_point
+    centres = to_pixels(coords) if len(coords) else np.empty((0, 2))
+    placed: list[tuple[float, float, float, float]] = []  # (x0, y0, x1, y1) in pixels
+    dot = 3.0 * pixels_per_point  # the marker's half size: labels keep off every point
+    for (x_pixel, y_pixel), (x_value, y_value), label in zip(centres, coords, labels):
+        width = char_width * max(len(label), 1)
+        best, best_overlap = _LABEL_OFFSETS[0], math.inf
+        for offset in _LABEL_OFFSETS:
+            dx, dy, ha, va = offset
+            x0 = x_pixel + dx * pixels_per_point - {"left": 0, "center": width / 2, "right": width}[ha]
+            y0 = y_pixel + dy * pixels_per_point - {"bottom": 0, "center": height / 2, "top": height}[va]
+            box = (x0, y0, x0 + width, y0 + height)
+            overlap = sum(_overlap(box, other) for other in placed)
+            overlap += sum(_overlap(box, (cx - dot, cy - dot, cx + dot, cy + dot)) for cx, cy in centres)
+            if overlap < best_overlap:
+                best, best_overlap, best_box = offset, overlap, box
+            if overlap == 0:
+                break
+        placed.append(best_box)
+        dx, dy, ha, va = best
+        ax.annotate(label, (x_value, y_value), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                    fontsize=fontsize)
+
+
+def _overlap(first: tuple[float, float, float, float], second: tuple[float, float, float, float]) -> float:
+    """The area two boxes (x0, y0, x1, y1) share."""
+    width = min(first[2], second[2]) - max(first[0], second[0])
+    height = min(first[3], second[3]) - max(first[1], second[1])
+    return max(width, 0.0) * max(height, 0.0)
+
+
 @_styled
 def plot_embeddings_2d(
     weights: Any,
@@ -705,17 +794,16 @@ def plot_embeddings_2d(
     _check_label_count(labels, coords.shape[0], "rows")
     if groups is not None and len(groups) != coords.shape[0]:
         raise ValueError(f"Got {len(groups)} groups for {coords.shape[0]} rows; pass one group name per row.")
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    fig, ax = plt.subplots(figsize=(8, 7))
     if groups is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=18, color=TRAIN_COLOR, alpha=0.7)
     else:
-        for name, color in zip(dict.fromkeys(groups), _CYCLE * len(groups)):
+        for name, color, marker in zip(dict.fromkeys(groups), _GROUP_COLORS * len(groups), _GROUP_MARKERS * len(groups)):
             chosen = np.array([group == name for group in groups])
-            ax.scatter(coords[chosen, 0], coords[chosen, 1], s=18, color=color, alpha=0.8, label=name)
-        ax.legend(loc="best", markerscale=1.5)
-    for (x_value, y_value), label in zip(coords[:max_labels], labels[:max_labels]):
-        ax.annotate(_tick_label(label), (x_value, y_value), xytext=(3, 2), textcoords="offset points",
-                    fontsize=9)
+            ax.scatter(coords[chosen, 0], coords[chosen, 1], s=24, color=color, marker=marker, label=name,
+                       edgecolor="white", linewidth=0.4)
+        ax.legend(loc="best", markerscale=1.4)
+    _place_point_labels(ax, coords[:max_labels], [_tick_label(label) for label in labels[:max_labels]], fontsize=9)
     ax.set_xlabel(f"principal component 1 ({ratios[0]:.0%} of variance)")
     ax.set_ylabel(f"principal component 2 ({ratios[1]:.0%} of variance)")
     ax.set_title(title)
@@ -780,12 +868,15 @@ def plot_next_token_distribution(
     k: int = 20,
     title: str | None = None,
     highlight: int | str | None = None,
+    log_y: bool = False,
 ) -> Figure:
     """The k most likely next tokens as bars, most likely first.
 
     ``labels`` is one string per id, or a tokenizer (only the k shown ids are decoded, so a
     50k-token vocabulary is fine). ``highlight`` (an id or a label, e.g. the true next token) is
     drawn in a contrasting colour; when it is not among the k shown, a note gives its rank.
+    ``log_y=True`` shows a distribution where one token takes almost everything: on a linear axis
+    the others would be invisible, on a log axis each bar shows its order of magnitude.
     """
     probs = _vector(probs, "probs")
     if np.any(probs < 0):
@@ -806,8 +897,13 @@ def plot_next_token_distribution(
         label = _labels_for(labels, [highlight_id])[0]
         notes.append(f"{visible_token(label)!r} is not shown: p = {probs[highlight_id]:.2g}, rank {rank}")
     ax.text(0.99, 0.97, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=9)
+    if log_y:
+        shown = probs[top][probs[top] > 0]
+        ax.set_yscale("log")
+        if shown.size:  # room above the tallest bar for the note
+            ax.set_ylim(shown.min() / 3, shown.max() * 30)
     ax.set_xlabel("next token (most likely first)")
-    ax.set_ylabel("probability")
+    ax.set_ylabel("probability" + (" (log scale)" if log_y else ""))
     ax.set_title(title or "Next-token distribution")
     return fig
 
@@ -869,44 +965,66 @@ def plot_parameter_counts(
     log_y: bool = False,
     title: str = "Parameters per preset",
 ) -> Figure:
-    """Stacked bars, one per preset, split into parts (embeddings, attention, MLP, norms).
+    """Parameters per preset, split into parts (embeddings, attention, MLP, norms).
 
     ``table`` maps a preset name to its parts, e.g. ``lal.model.count_parameters(model)`` per
-    preset (a ``"total"`` entry is ignored: the bar's height is the total). With a large
+    preset (a ``"total"`` entry is ignored: the total is computed from the parts). With a large
     vocabulary the embedding table dominates a small model, which is chapter 2's warning.
-    ``log_y=True`` fits presets of very different sizes on one axis, but then the stacked
-    segments no longer add up visually: read the totals, not the segment heights.
+
+    On a linear axis (the default) each preset is one stacked bar, whose height is its total.
+    Presets from 0.4M to 124M parameters do not fit on one linear axis, and the smallest parts
+    (LayerNorms: thousands of parameters) never show in a stack, so ``log_y=True`` draws each part
+    as its own bar, side by side, on a log axis, with the preset's total as a black tick above
+    its group: every part of every preset is visible and readable by its order of magnitude.
     """
     if not table:
         raise ValueError("The table is empty; pass {preset_name: {part: count}}.")
     parts = list(dict.fromkeys(part for row in table.values() for part in row if part.lower() != "total"))
     presets = list(table)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(presets) + 2.5), 4.5))
-    bottoms = np.zeros(len(presets))
-    for part, color in zip(parts, _CYCLE * len(parts)):
-        heights = np.array([float(table[preset].get(part, 0)) for preset in presets])
-        if np.any(heights < 0):
-            raise ValueError(f"Parameter counts must be non-negative; {part!r} has {heights.min():.0f}.")
-        ax.bar(presets, heights, bottom=bottoms, color=color, label=_PART_NAMES.get(part, part),
-               edgecolor="white", linewidth=0.5)
-        bottoms += heights
-    for position, total in enumerate(bottoms):
-        ax.annotate(_human_count(total), (position, total), xytext=(0, 3), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=9, fontweight="bold")
-    if log_y:  # start below the smallest first segment, or the axis would clip it away
-        first_segments = [float(next((row[part] for part in parts if row.get(part, 0) > 0), 1))
-                          for row in table.values()]
+    counts = np.array([[float(table[preset].get(part, 0)) for preset in presets] for part in parts])  # (parts, presets)
+    if np.any(counts < 0):
+        part = parts[int(np.argwhere(counts < 0)[0][0])]
+        raise ValueError(f"Parameter counts must be non-negative; {part!r} has {counts.min():.0f}.")
+    totals = counts.sum(axis=0)
+    positions = np.arange(len(presets))
+    colors = (_CYCLE * len(parts))[: len(parts)]
+    if log_y:
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(presets) + 2.5), 4.8))
+        width = 0.8 / len(parts)
+        for index, (part, color) in enumerate(zip(parts, colors)):
+            offsets = positions - 0.4 + width * (index + 0.5)
+            ax.bar(offsets, counts[index], width=width, color=color, label=_PART_NAMES.get(part, part),
+                   edgecolor="white", linewidth=0.5)
+        ax.hlines(totals, positions - 0.42, positions + 0.42, color="black", linewidth=1.6, label="total")
+        label_y = totals * 1.15
+        positive = counts[counts > 0]
         ax.set_yscale("log")
-        ax.set_ylim(bottom=min(first_segments) / 3, top=bottoms.max() * 2)
+        ax.set_ylim(bottom=(positive.min() if positive.size else 1) / 3, top=totals.max() * 30)
     else:
-        ax.set_ylim(top=bottoms.max() * 1.1)
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(presets) + 2.5), 4.5))
+        bottoms = np.zeros(len(presets))
+        for index, (part, color) in enumerate(zip(parts, colors)):
+            ax.bar(positions, counts[index], bottom=bottoms, color=color, label=_PART_NAMES.get(part, part),
+                   edgecolor="white", linewidth=0.5)
+            bottoms += counts[index]
+        label_y = totals
+        ax.set_ylim(top=totals.max() * 1.1)
+    for position, total, y_value in zip(positions, totals, label_y):
+        ax.annotate(_human_count(total), (position, y_value), xytext=(0, 3), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=9, fontweight="bold")
+    ax.set_xticks(positions, presets)
     ax.yaxis.set_major_formatter(FuncFormatter(_human_count))
     ax.tick_params(axis="x", rotation=30 if len(presets) > 5 else 0)
     ax.grid(False, axis="x")
     ax.set_xlabel("preset")
     ax.set_ylabel("parameters" + (" (log scale)" if log_y else ""))
     ax.set_title(title)
-    ax.legend(loc="upper left", reverse=True)  # legend order matches the stack, top part first
+    if log_y:  # one row of entries in the empty top left: small presets come first
+        handles, names = ax.get_legend_handles_labels()
+        order = sorted(range(len(names)), key=lambda i: names[i] == "total")  # the parts first, as drawn
+        ax.legend([handles[i] for i in order], [names[i] for i in order], loc="upper left", ncol=len(parts) + 1)
+    else:
+        ax.legend(loc="upper left", reverse=True)  # legend order matches the stack, top part first
     return fig
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -101,3 +103,12 @@ def test_describe_environment_names_the_essentials(hardware) -> None:
     assert "Python" in text and "lal" in text
     assert "device  cpu" in text and "no bf16" in text
     assert f"threads {torch.get_num_threads()}" in text
+
+
+def test_describe_environment_names_the_environment_not_the_interpreter_alias(monkeypatch, hardware) -> None:
+    lines = []
+    for alias in ("python", "python3"):  # one environment, two names: the stored output must not change
+        monkeypatch.setattr(sys, "executable", os.path.join(sys.prefix, "bin", alias))
+        lines.append(describe_environment().splitlines()[0])
+    assert lines[0] == lines[1]
+    assert "environment" in lines[0] and "bin" not in lines[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from notebook_cells import ROOT, colab_url, course_notebooks, header_is_current
+from notebook_cells import JUPYTERLAB_KERNELSPEC, ROOT, colab_url, course_notebooks, header_is_current
 
 NOTEBOOKS = course_notebooks()
 EXECUTED = [p for p in NOTEBOOKS if p.parent.name in ("notebooks", "solutions")]
@@ -89,3 +89,11 @@ def test_chapter_links_to_its_exercises_and_readme_has_its_badge(path: Path) -> 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_python3_kernel(path: Path) -> None:
     assert nbformat.read(path, as_version=4).metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapters_store_the_kernelspec_jupyterlab_writes(path: Path) -> None:
+    # Anything else is rewritten when the notebook is opened, and the file shows as modified.
+    metadata = nbformat.read(path, as_version=4).metadata
+    assert dict(metadata.kernelspec) == JUPYTERLAB_KERNELSPEC, "execute with tools/execute_notebooks.py"
+    assert metadata.language_info.name == "python"

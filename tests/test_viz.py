@@ -74,6 +74,20 @@ def test_plot_loss_draws_both_curves_and_marks_the_best() -> None:
     _assert_labelled(fig)
 
 
+def test_plot_loss_names_reference_lines_where_no_curve_crosses_the_label() -> None:
+    # Chapter 1's picture: the run starts on ln(V) at the left and ends on the counted loss at the right.
+    steps = list(range(0, 501, 25))
+    val = [4.17] + [2.48 + 0.2 * math.exp(-step / 100) for step in steps[1:]]
+    history = {"step": steps, "train_loss": val, "val_loss": val}
+    ax = viz.plot_loss(history, reference={"ln(65)": 4.17, "counted": 2.48}).axes[0]
+    labels = {text.get_text(): text for text in ax.texts}
+    top, bottom = labels["ln(65) = 4.17"], labels["counted = 2.48"]
+    assert (top.get_ha(), top.get_va()) == ("right", "bottom")  # nothing crosses the top right
+    assert (bottom.get_ha(), bottom.get_va()) == ("right", "top")  # below the line: the curve is above it
+    flat = viz.plot_loss({"step": [0, 1], "train_loss": [1.0, 1.0]}, reference={"r": 3.0}).axes[0]
+    assert (flat.texts[0].get_ha(), flat.texts[0].get_va()) == ("right", "bottom")
+
+
 def test_plot_loss_reads_history_objects_rows_and_events_alike() -> None:
     rows = [{"step": 0, "train_loss": None, "val_loss": 4.0, "lr": 1e-3, "tokens": 0, "elapsed_s": 0.0},
             {"step": 50, "train_loss": 2.5, "val_loss": 2.6, "lr": 1e-3, "tokens": 800, "elapsed_s": 1.5}]
@@ -264,6 +278,23 @@ def test_plot_embeddings_2d_labels_and_groups_points() -> None:
     _assert_labelled(fig)
 
 
+def test_plot_embeddings_2d_keeps_crowded_labels_apart_and_groups_distinct() -> None:
+    # Four tight pairs of points far apart: each pair's two labels must not cover each other.
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], dtype=float)
+    weights = np.repeat(centres, 2, axis=0) + 0.01 * rng.normal(size=(8, 3))
+    labels = list("KDQZaeio")
+    fig = viz.plot_embeddings_2d(weights, labels, groups=viz.char_classes(labels))
+    fig.canvas.draw()
+    boxes = [text.get_window_extent() for text in fig.axes[0].texts]
+    overlapping = [(labels[i], labels[j]) for i in range(8) for j in range(i + 1, 8) if boxes[i].overlaps(boxes[j])]
+    assert not overlapping, f"labels drawn over each other: {overlapping}"
+    scatters = fig.axes[0].collections
+    colours = [to_hex(c.get_facecolor()[0]) for c in scatters]
+    markers = [tuple(map(tuple, c.get_paths()[0].vertices.round(3))) for c in scatters]
+    assert len(set(colours)) == len(set(markers)) == len(scatters) == 2
+
+
 # --- next-token distributions --------------------------------------------------------------------
 
 
@@ -275,6 +306,16 @@ def test_next_token_distribution_bars_are_the_top_k_sorted() -> None:
     assert _texts(ax.get_xticklabels()) == ["b", "d", "c"]
     assert "top 3 hold 90.0% of the probability" in ax.texts[0].get_text()
     _assert_labelled(fig)
+
+
+def test_next_token_distribution_on_a_log_axis_shows_every_bar() -> None:
+    # Chapter 1's 'q' row: one token holds 90 %, the rest share the remainder.
+    probs = np.array([0.9] + [0.1 / 64] * 64)
+    ax = viz.plot_next_token_distribution(probs, [str(i) for i in range(65)], k=10, log_y=True).axes[0]
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    low, high = ax.get_ylim()
+    assert low < 0.1 / 64 and high > 0.9  # the smallest bar and the largest both inside the axis
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx([0.9] + [0.1 / 64] * 9)
 
 
 def test_next_token_distribution_highlight_and_tokenizer_labels() -> None:
@@ -321,8 +362,24 @@ def test_parameter_counts_stack_each_part_and_ignore_the_total() -> None:
     assert [bar.get_y() for bar in ax.patches[2:4]] == [10, 100]  # attention sits on embeddings
     assert _texts(ax.texts) == ["71", "702"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["norms", "MLP", "attention", "embeddings"]
-    assert viz.plot_parameter_counts(table, log_y=True).axes[0].get_yscale() == "log"
     _assert_labelled(fig)
+
+
+def test_parameter_counts_on_a_log_axis_show_every_part_side_by_side() -> None:
+    table = {"tiny": {"embeddings": 16_512, "attention": 132_096, "mlp": 263_424, "norms": 1_280},
+             "big": {"embeddings": 39_383_808, "attention": 28_348_416, "mlp": 56_669_184, "norms": 38_400}}
+    ax = viz.plot_parameter_counts(table, log_y=True).axes[0]
+    assert ax.get_yscale() == "log"
+    bars = ax.patches
+    assert [bar.get_height() for bar in bars] == [16_512, 39_383_808, 132_096, 28_348_416, 263_424,
+                                                  56_669_184, 1_280, 38_400]
+    assert all(bar.get_y() == 0 for bar in bars)  # side by side, not stacked
+    low, high = ax.get_ylim()
+    assert low < 1_280 and high > 124_439_808  # the smallest part and the largest total both visible
+    totals = ax.collections[0].get_segments()
+    assert [segment[0][1] for segment in totals] == [413_312, 124_439_808]
+    assert _texts(ax.texts) == ["413K", "124M"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["embeddings", "attention", "MLP", "norms", "total"]
 
 
 def test_grad_norms_one_line_per_setting() -> None:

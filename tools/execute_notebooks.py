@@ -5,7 +5,9 @@
 
 Each notebook runs in its own folder (as in JupyterLab), its header cells are brought up to date
 first, and the widget state that executing stores in the notebook's metadata is dropped
-afterwards: it is large, changes on every run, and the widgets need a live kernel anyway.
+afterwards: it is large, changes on every run, and the widgets need a live kernel anyway. The
+kernelspec stored is the one JupyterLab writes (``language_info`` comes from the kernel, as it does
+in JupyterLab), so opening an executed notebook does not mark it modified.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from notebook_cells import ROOT, sync_header  # noqa: E402
+from notebook_cells import JUPYTERLAB_KERNELSPEC, ROOT, sync_header  # noqa: E402
 
 
 def execute(path: Path, timeout_s: int) -> float:
@@ -33,6 +35,7 @@ def execute(path: Path, timeout_s: int) -> float:
     ).execute()
     seconds = time.perf_counter() - start
     notebook.metadata.pop("widgets", None)
+    notebook.metadata["kernelspec"] = dict(JUPYTERLAB_KERNELSPEC)
     nbformat.write(notebook, path)
     return seconds
 

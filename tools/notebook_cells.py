@@ -24,6 +24,9 @@ from lal import REPOSITORY_URL  # noqa: E402
 
 HEADER_TAG = "lal-header"
 NOTEBOOK_FOLDERS = ("notebooks", "solutions", "exercises")
+#: The kernelspec JupyterLab 4 writes for ipykernel's python3 kernel. Notebooks store exactly this,
+#: so that opening one in JupyterLab does not change its metadata and mark it modified.
+JUPYTERLAB_KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
 def colab_url(relative_path: str) -> str:
