@@ -122,3 +122,26 @@ def test_transformer_block_puts_layernorm_on_the_branch_pre_ln_and_on_the_stream
     plus_height = round(next(t for t in pre.axes[0].texts if t.get_text() == "+").get_position()[1], 1)
     assert all(height > plus_height + 1 for height in norm_heights(pre)) and len(norm_heights(pre)) == 2
     assert norm_heights(post) == pytest.approx([plus_height, plus_height], abs=0.3)
+
+
+# --- chapter 7 ---------------------------------------------------------------------------------
+
+
+def test_chat_template_marks_exactly_the_answer_and_its_end_as_trained() -> None:
+    fig = diagrams.chat_template("Rev: ab", "ba")
+    texts = diagrams.figure_texts(fig)
+    n_tokens = len("Rev: ab") + len("ba") + 4
+    # one input cell per token, one target cell per position but the last
+    assert len(_boxes(fig)) == 2 * n_tokens - 1
+    trained_fill = plt.matplotlib.colors.to_rgb(diagrams.KIND_COLORS["loss"][0])
+    trained = [b for b in _boxes(fig) if b.get_facecolor()[:3] == pytest.approx(trained_fill)]
+    assert len(trained) == len("ba") + 1  # b, a, <|end|>
+    assert texts.count("-100") == n_tokens - 1 - len(trained)
+    assert texts.count("<|end|>") == 3  # two in the input row, one trained target
+
+
+def test_sft_data_flow_names_the_split_the_mixing_and_the_score() -> None:
+    texts = " ".join(diagrams.figure_texts(diagrams.sft_data_flow()))
+    for piece in ("train words only", "held-out + made-up words", "template, mask, pad", "a share r of steps",
+                  "greedy, exact match", "prompts never trained on"):
+        assert piece in texts
