@@ -548,3 +548,21 @@ def test_new_special_tokens_get_mean_rows_and_keep_old_ids() -> None:
     logits, _ = model(torch.tensor([[4, 0, 6]]))
     assert logits.shape == (1, 3, 7)
     assert add_special_tokens(model, extended) is extended  # nothing to add: unchanged
+
+
+def test_sft_batches_reach_a_gpu_through_pinned_memory_without_blocking(abxy: CharTokenizer, monkeypatch) -> None:
+    calls: list[object] = []
+    real_to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        if args and torch.device(args[0]).type == "cuda":  # no GPU needed: record the copy, keep the tensor
+            calls.append(("to cuda", kwargs.get("non_blocking", False)))
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    batches = make_sft_batches([Example("ab", "xy")], abxy, batch_size=2, block_size=16, device="cuda")
+    x, y = batches(0)
+    assert calls == ["pin", ("to cuda", True)] * 2  # x and y: pinned, then an asynchronous copy
+    assert x.tolist() == [[4, 0, 1, 6, 5, 2, 3]] * 2
