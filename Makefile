@@ -56,7 +56,7 @@ SFT_DEMO := runs/sft-demo
 # The documented fine-tuning recipe from scratch, as a new user runs it (data/sft/README.md).
 sft-demo: install
 	rm -rf $(SFT_DEMO)
-	$(VENV)/bin/lal train --preset char-tiny --max-steps 3000 --out $(SFT_DEMO)/base --quiet
+	$(VENV)/bin/lal train --preset char-tiny --out $(SFT_DEMO)/base --quiet
 	$(VENV)/bin/lal sft --ckpt $(SFT_DEMO)/base --out $(SFT_DEMO)/chat --quiet
 	$(VENV)/bin/lal eval --ckpt $(SFT_DEMO)/chat --data data/sft/instructions_heldout.jsonl
 
