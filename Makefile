@@ -13,7 +13,7 @@ CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
 # JupyterLab refuses to start as root (containers, cloud VMs) unless told that it is meant.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: help install lab test test-browser unit notebooks-test exercises notebooks headers bench clean
+.PHONY: help install lab test test-browser unit notebooks-test exercises notebooks headers bench sft-demo clean
 
 help:
 	@echo "make lab        install (first time only) and start JupyterLab in notebooks/"
@@ -25,6 +25,7 @@ help:
 	@echo "make notebooks  re-execute every chapter and solutions notebook in place"
 	@echo "make headers    regenerate the Colab badge / setup cells of every notebook"
 	@echo "make bench      throughput and time-to-loss benchmarks on this machine"
+	@echo "make sft-demo   pretrain, fine-tune and score a chat model from scratch (runs/sft-demo)"
 
 $(STAMP): pyproject.toml
 	@echo "Installing the course into $(VENV) (a few minutes the first time; progress below)."
@@ -66,6 +67,15 @@ notebooks: install
 bench: install
 	$(VENV)/bin/lal bench
 	$(PYTHON) benchmarks/time_to_loss.py
+
+SFT_DEMO := runs/sft-demo
+
+# The documented fine-tuning recipe from scratch, as a new user runs it (data/sft/README.md).
+sft-demo: install
+	rm -rf $(SFT_DEMO)
+	$(VENV)/bin/lal train --preset char-tiny --out $(SFT_DEMO)/base --quiet
+	$(VENV)/bin/lal sft --ckpt $(SFT_DEMO)/base --out $(SFT_DEMO)/chat --quiet
+	$(VENV)/bin/lal eval --ckpt $(SFT_DEMO)/chat --data data/sft/instructions_heldout.jsonl
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

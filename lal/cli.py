@@ -7,6 +7,7 @@ Every command is a thin layer over the package, so what the notebooks teach is w
     lal corpus --file my_notes/ --url https://example.org/essay.html --out my_corpus.txt
     lal train --text my_corpus.txt --tokenizer bpe --preset bpe-tiny --out runs/mine
     lal sft --ckpt runs/shakespeare --out runs/shakespeare-chat
+    lal eval --ckpt runs/shakespeare-chat --data data/sft/instructions_heldout.jsonl
     lal chat --ckpt runs/shakespeare-chat
     lal bench --preset char-small
 """
@@ -169,22 +170,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a pretrained model to follow instructions",
         description="Supervised fine-tuning on (prompt, response) pairs with the chat template; the "
         "loss counts response tokens only. Without --data it uses the course's generated "
-        "instruction set. --mix-ratio mixes in pretraining text to limit forgetting.",
-        epilog="Example: lal sft --ckpt runs/tiny --out runs/tiny-chat --steps 500",
+        "instruction set and scores the held-out instructions (words never seen in fine-tuning) "
+        "before and after. --mix-ratio mixes in pretraining text to limit forgetting. Writes "
+        "DIR/last.pt and DIR/metrics.jsonl at every evaluation; an interrupted run continues with --resume.",
+        epilog="Example: lal sft --ckpt runs/tiny --out runs/tiny-chat",
     )
+    from lal.sft import SFT_BATCH_SIZE, SFT_LR, SFT_MIX_RATIO, SFT_STEPS
+
     sft.add_argument("--ckpt", type=Path, required=True, help="the pretrained checkpoint or folder")
-    sft.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned checkpoints")
-    sft.add_argument("--data", type=Path, default=None, help='JSONL file of {"prompt": ..., "response": ...}')
+    sft.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned checkpoint and metrics")
+    sft.add_argument("--data", type=Path, default=None,
+                     help='JSONL file of {"prompt": ..., "response": ...} (default: the course\'s instructions)')
     pretraining = sft.add_mutually_exclusive_group()
     pretraining.add_argument("--dataset", default=None, help="pretraining dataset to mix in (default: tinyshakespeare)")
     pretraining.add_argument("--text", type=Path, default=None, help="or your own text the model was pretrained on")
-    sft.add_argument("--steps", type=int, default=600, help="fine-tuning steps")
-    sft.add_argument("--batch-size", type=int, default=32, help="conversations per step")
-    sft.add_argument("--lr", type=finite_float, default=1e-3, help="peak learning rate")
-    sft.add_argument("--mix-ratio", type=finite_float, default=0.2, help="share of batches from pretraining text (default 0.2)")
+    sft.add_argument("--steps", type=int, default=SFT_STEPS, help="optimizer steps")
+    sft.add_argument("--batch-size", type=int, default=SFT_BATCH_SIZE, help="examples per step")
+    sft.add_argument("--lr", type=finite_float, default=SFT_LR, help="peak learning rate")
+    sft.add_argument("--mix-ratio", type=finite_float, default=SFT_MIX_RATIO, help="share of steps on pretraining text")
     sft.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     sft.add_argument("--seed", type=int, default=1337, help="random seed")
+    run_state = sft.add_mutually_exclusive_group()
+    run_state.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    run_state.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     sft.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="score a model on an instruction file",
+        description="Answer every instruction of a JSONL file greedily and score the answers by exact match "
+        "(the harness `lal sft` reports). Prints a per-task table and, last, the overall accuracy.",
+        epilog="Example: lal eval --ckpt runs/tiny-chat --data data/sft/instructions_heldout.jsonl",
+    )
+    evaluate.add_argument("--ckpt", type=Path, required=True, help="checkpoint file or folder")
+    evaluate.add_argument("--data", type=Path, required=True, help='JSONL file of {"prompt", "response", "task"}')
+    evaluate.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    evaluate.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
 
     chat = commands.add_parser(
         "chat",
@@ -432,11 +453,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_sft(args: argparse.Namespace) -> int:
     from lal.sft import finetune_from_checkpoint
 
-    report = finetune_from_checkpoint(
-        args.ckpt, args.out, data_path=args.data, dataset=args.dataset, text_path=args.text, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        mix_ratio=args.mix_ratio, device=args.device, seed=args.seed, progress=not args.quiet,
-    )
+    try:
+        report = finetune_from_checkpoint(
+            args.ckpt, args.out, data_path=args.data, dataset=args.dataset, text_path=args.text, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, mix_ratio=args.mix_ratio, device=args.device, seed=args.seed,
+            progress=not args.quiet, resume=args.resume, overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        saved = args.out / "last.pt"
+        kept = f"{saved} keeps the run as of its last evaluation" if saved.is_file() else "Nothing was saved yet"
+        print(f"\nInterrupted. {kept}; continue it with: {_sft_resume_command(args)}" if saved.is_file()
+              else f"\nInterrupted. {kept}: run the same command again.", file=sys.stderr)
+        return 130
     print(report)
+    return 0
+
+
+def _sft_resume_command(args: argparse.Namespace) -> str:
+    """The ``lal sft`` command that continues this run: the same settings, plus --resume."""
+    defaults = vars(build_parser().parse_args(["sft", "--ckpt", "x", "--out", "x"]))
+    words = ["lal", "sft", "--ckpt", str(args.ckpt), "--out", str(args.out)]
+    for name in ("data", "dataset", "text", "steps", "batch_size", "lr", "mix_ratio", "device", "seed"):
+        value = getattr(args, name)
+        if value != defaults[name]:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(words + ["--resume"])
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lal.sft import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.ckpt, args.data, device=args.device)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report)
+        print(report.summary())
     return 0
 
 
@@ -518,6 +570,7 @@ COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "sft": cmd_sft,
+    "eval": cmd_eval,
     "chat": cmd_chat,
     "corpus": cmd_corpus,
     "bench": cmd_bench,

@@ -449,6 +449,11 @@ def _windows_at(
         windows = torch.from_numpy(all_windows[starts.numpy()].astype(np.int64))  # (B, T+1)
     x = windows[:, :-1].contiguous()  # (B, T)
     y = windows[:, 1:].contiguous()  # (B, T)
+    return batch_to_device(x, y, device)
+
+
+def batch_to_device(x: torch.Tensor, y: torch.Tensor, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a batch to ``device``; to a GPU through pinned memory, without waiting for the copy."""
     device = torch.device(device)
     if device.type == "cuda" and x.device.type == "cpu":
         # Pinned host memory lets the copy overlap with the GPU's work instead of stalling it.

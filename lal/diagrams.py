@@ -55,6 +55,8 @@ __all__ = [
     "kv_cache",
     "mixed_precision_step",
     "data_parallel",
+    "chat_template",
+    "sft_data_flow",
 ]
 
 #: Size of one drawing unit in inches: a 15 × 5 unit diagram is a 9 × 3 inch figure.
@@ -573,4 +575,78 @@ def data_parallel(n_ranks: int = 3) -> Figure:
         arrow(ax, (reduce.right[0], y), step.left)
     note(ax, 0.3, 0.45, f"one step sees {n_ranks} × batch × accumulation windows; "
          "only rank 0 writes metrics.jsonl and checkpoints")
+
+
+def chat_template(prompt: str = "Reverse: love", response: str = "evol") -> Figure:
+    """One exchange as the model reads it, one character per cell, and what each position learns.
+
+    Top row: the input ids, ``<|user|>{prompt}<|end|><|assistant|>{response}<|end|>``. Bottom row:
+    each position's target, the *next* token, but ``-100`` (ignored by the loss) wherever that
+    next token is not the assistant's to say. Only the answer and its closing ``<|end|>`` are
+    trained, so the model learns to answer and to stop, never to imitate the user.
+    """
+    tokens = ["<|user|>", *prompt, "<|end|>", "<|assistant|>", *response, "<|end|>"]
+    first_answer = len(prompt) + 3  # index of the first answer token in ``tokens``
+    cell, special = 0.62, 1.7
+    widths = [special if token.startswith("<|") else cell for token in tokens]
+    width = sum(widths) + 2.8
+    fig, ax = canvas(width, 4.6, "The chat template: what the model reads, and what the loss trains")
+    input_y, target_y, x = 3.2, 1.5, 2.6
+    ax.text(0.2, input_y, "input", fontsize=10, fontweight="bold", va="center", family=_FONT)
+    ax.text(0.2, target_y, "target", fontsize=10, fontweight="bold", va="center", family=_FONT)
+    for index, (token, cell_width) in enumerate(zip(tokens, widths)):
+        centre = x + cell_width / 2
+        role = "op" if token.startswith("<|") else "data"
+        box(ax, centre, input_y, "␣" if token == " " else token, kind=role, width=cell_width - 0.06,
+            height=0.7, fontsize=8.5)
+        if index + 1 < len(tokens):
+            trained = index + 1 >= first_answer
+            following = tokens[index + 1]
+            label = ("␣" if following == " " else following) if trained else "-100"
+            small = not trained or len(label) > 1  # "-100" and "<|end|>" in a one-character cell
+            box(ax, centre, target_y, label, kind="loss" if trained else "residual", width=cell_width - 0.06,
+                height=0.7, fontsize=5.5 if small and cell_width == cell else 7.0 if small else 8.5)
+            if trained or index == first_answer - 2:
+                next_centre = centre + cell_width / 2 + widths[index + 1] / 2
+                arrow(ax, (next_centre, input_y - 0.36), (centre, target_y + 0.36), linewidth=0.9)
+        x += cell_width
+    note(ax, 2.6, 0.55, "grey: ignored by the loss (ignore_index = -100).  red: trained, the next token of "
+         "the answer, up to and including <|end|>, so the model learns to stop.")
+    return fig
+
+
+def sft_data_flow() -> Figure:
+    """Supervised fine-tuning end to end: which data goes where, and how the result is scored.
+
+    The instruction set is generated from the pretraining text's words, split by *word* so that
+    held-out prompts use words fine-tuning never saw. Training batches are template-encoded,
+    masked and padded; a share of the steps replays pretraining windows (mixing, against
+    forgetting). The fine-tuned model answers the held-out prompts greedily and a program scores
+    the answers by exact match.
+    """
+    fig, ax = canvas(19.0, 7.4, "Supervised fine-tuning: data flow")
+    size = dict(width=3.2, height=1.05)
+    text = box(ax, 2.0, 6.0, "pretraining text", kind="data", sublabel="TinyShakespeare", **size)
+    base = box(ax, 6.2, 6.0, "pretrained GPT", kind="param", sublabel="chapter 5", **size)
+    words = box(ax, 2.0, 3.8, "its words", kind="data", sublabel="crc32(word) % 5", **size)
+    train_set = box(ax, 6.2, 4.4, "train instructions", kind="data", sublabel="train words only", **size)
+    heldout = box(ax, 6.2, 1.4, "held-out instructions", kind="data", sublabel="held-out + made-up words", **size)
+    batches = box(ax, 10.4, 4.4, "SFT batches", kind="op", sublabel="template, mask, pad", **size)
+    windows = box(ax, 10.4, 6.75, "pretraining windows", kind="data", sublabel="a share r of steps", **size)
+    finetune = box(ax, 14.4, 5.2, "fine-tune", kind="optim", sublabel="AdamW, loss on answers", **size)
+    chat = box(ax, 14.4, 3.0, "chat model", kind="param", sublabel="last.pt", **size)
+    score = box(ax, 14.4, 1.0, "score", kind="loss", sublabel="greedy, exact match", **size)
+    arrow(ax, text.right, base.left, "pretraining", label_side="above")
+    arrow(ax, text.bottom, words.top)
+    arrow(ax, words.right, train_set.left, "4 of 5 words", label_side="above")
+    arrow(ax, words.right, heldout.left, "1 of 5 words", label_side="below")
+    arrow(ax, train_set.right, batches.left)
+    arrow(ax, base.right, finetune.left, "weights", label_side="below")
+    arrow(ax, text.top, windows.left, curve=-0.2)
+    arrow(ax, batches.right, finetune.left, "1 - r", label_side="below")
+    arrow(ax, windows.right, finetune.left, "r", label_side="above")
+    arrow(ax, finetune.bottom, chat.top)
+    arrow(ax, chat.bottom, score.top)
+    arrow(ax, heldout.right, score.left, "prompts never trained on", label_side="below")
+    note(ax, 16.2, 5.2, "validation loss on\npretraining text:\nforgetting", fontsize=8.5)
     return fig

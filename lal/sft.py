@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,8 +32,16 @@ from pathlib import Path
 
 import torch
 
-from lal.data import get_batch
+from lal.data import batch_to_device, get_batch
 from lal.device import pick_device
+from lal.instructions import (
+    INSTRUCTION_FILES,
+    Example,
+    course_instructions,
+    load_instruction_file,
+    make_instruction_dataset,
+    score_response,
+)
 from lal.model import GPT, IGNORE_INDEX
 from lal.sample import decode_stream, generate, stream
 from lal.tokenizers import CHAT_SPECIAL_TOKENS, Tokenizer
@@ -192,207 +199,6 @@ def encode_prompt(
 
 
 # ---------------------------------------------------------------------------------------------
-# A checkable instruction dataset
-# ---------------------------------------------------------------------------------------------
-
-#: Words the tasks are built from: Shakespeare's vocabulary, lower-case letters only, so every
-#: prompt and answer can be spelled by a character tokenizer trained on TinyShakespeare.
-WORDS: tuple[str, ...] = (
-    "ay", "be", "go", "my", "no", "so", "to", "we", "art", "day", "die", "fie", "joy", "kin",
-    "lie", "sir", "sun", "thy", "war", "wit", "eyes", "fair", "fool", "good", "hath", "hope",
-    "king", "lady", "lord", "love", "mine", "moon", "rose", "soul", "star", "thee", "thou",
-    "time", "wife", "blood", "crown", "death", "dream", "ghost", "grace", "grief", "heart",
-    "mercy", "night", "noble", "peace", "queen", "sleep", "speak", "storm", "sweet", "sword",
-    "tears", "father", "friend", "gentle", "heaven", "honour", "mother", "prince", "tongue",
-    "brother", "villain",
-)
-
-#: Numbers as words: TinyShakespeare has no digits (except one '3'), so answers are spelled out.
-NUMBER_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-    "nineteen", "twenty",
-)
-
-#: One prompt in HELDOUT_MODULUS goes to the held-out split (decided by a hash of the prompt).
-HELDOUT_MODULUS = 5
-
-SPLITS = ("train", "heldout")
-
-
-def _phrase(rng: random.Random, n_min: int, n_max: int) -> list[str]:
-    return [rng.choice(WORDS) for _ in range(rng.randint(n_min, n_max))]
-
-
-def _word(rng: random.Random, lengths: range | None = None) -> str:
-    return rng.choice(WORDS if lengths is None else [w for w in WORDS if len(w) in lengths])
-
-
-def _task_repeat(rng: random.Random) -> tuple[str, str]:
-    phrase = " ".join(_phrase(rng, 1, 3))
-    return f"Repeat: {phrase}", phrase
-
-
-def _task_twice(rng: random.Random) -> tuple[str, str]:
-    word = _word(rng)
-    return f"Repeat twice: {word}", f"{word} {word}"
-
-
-def _task_uppercase(rng: random.Random) -> tuple[str, str]:
-    phrase = " ".join(_phrase(rng, 1, 3))
-    return f"Uppercase: {phrase}", phrase.upper()
-
-
-def _task_reverse(rng: random.Random) -> tuple[str, str]:
-    word = _word(rng, lengths=range(3, 7))
-    return f"Reverse: {word}", word[::-1]
-
-
-def _task_first_word(rng: random.Random) -> tuple[str, str]:
-    words = _phrase(rng, 3, 5)
-    return f"First word of: {' '.join(words)}", words[0]
-
-
-def _task_last_word(rng: random.Random) -> tuple[str, str]:
-    words = _phrase(rng, 3, 5)
-    return f"Last word of: {' '.join(words)}", words[-1]
-
-
-def _task_count(rng: random.Random) -> tuple[str, str]:
-    word = _word(rng)
-    return f"Count the letters in: {word}", NUMBER_WORDS[len(word)]
-
-
-def _task_add(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(1, 10), rng.randint(1, 10)
-    return f"Add: {NUMBER_WORDS[a]} and {NUMBER_WORDS[b]}", NUMBER_WORDS[a + b]
-
-
-#: Task name -> a function drawing one (prompt, response) from a random generator.
-TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
-    "repeat": _task_repeat,
-    "twice": _task_twice,
-    "uppercase": _task_uppercase,
-    "reverse": _task_reverse,
-    "first_word": _task_first_word,
-    "last_word": _task_last_word,
-    "count": _task_count,
-    "add": _task_add,
-}
-
-
-@dataclass(frozen=True)
-class Example:
-    """One instruction and its one correct answer; ``task`` names the generator ("custom" for your own)."""
-
-    prompt: str
-    response: str
-    task: str = "custom"
-
-    def is_correct(self, generated_text: str) -> bool:
-        """Whether ``generated_text`` answers this example (see :func:`score_response`)."""
-        return score_response(self, generated_text)
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def split_of(prompt: str) -> str:
-    """"train" or "heldout": a fixed hash of the prompt decides, whatever the seed.
-
-    So a held-out prompt can never appear in any training set, however many examples are
-    drawn, and regenerating with another seed keeps the two splits apart.
-    """
-    return "heldout" if zlib.crc32(prompt.encode("utf-8")) % HELDOUT_MODULUS == 0 else "train"
-
-
-def make_instruction_dataset(
-    n: int, seed: int, tasks: Sequence[str] | None = None, split: str = "train"
-) -> list[Example]:
-    """``n`` examples cycling through ``tasks`` (all of :data:`TASKS` by default), from ``split``.
-
-    Deterministic for a given ``seed``. Tasks take turns, so each gets ``n / len(tasks)``
-    examples. Prompts are drawn independently: a prompt can repeat within a split (some tasks
-    have only a few dozen distinct prompts), but never across splits (see :func:`split_of`).
-    """
-    tasks = list(TASKS) if tasks is None else list(tasks)
-    unknown = [task for task in tasks if task not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"Unknown or no tasks {unknown}; choose among {list(TASKS)}.")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    if n < 0:
-        raise ValueError(f"n must be ≥ 0, got {n}.")
-    rng = random.Random(seed)
-    return [_draw(tasks[i % len(tasks)], rng, split) for i in range(n)]
-
-
-def _draw(task: str, rng: random.Random, split: str, max_tries: int = 10_000) -> Example:
-    """Draw examples of ``task`` until one falls in ``split``."""
-    for _ in range(max_tries):
-        prompt, response = TASKS[task](rng)
-        if split_of(prompt) == split:
-            return Example(prompt=prompt, response=response, task=task)
-    raise RuntimeError(f"Task {task!r} produced no {split} prompt in {max_tries} tries.")
-
-
-def score_response(example: Example, generated_text: str) -> bool:
-    """Exact match with the expected answer, after cutting at ``<|end|>`` and stripping spaces.
-
-    The text after the first ``<|end|>`` (if the model went on) does not count, and neither do
-    leading or trailing whitespace; everything else must match, letter case included.
-    """
-    answer = generated_text.split(DEFAULT_TEMPLATE.end, 1)[0].strip()
-    return answer == example.response.strip()
-
-
-def save_instruction_file(examples: Iterable[Example], path: str | os.PathLike) -> Path:
-    """Write examples as JSON Lines: one ``{"prompt", "response", "task"}`` object per line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as file:
-        for example in examples:
-            file.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
-    return path
-
-
-def load_instruction_file(path: str | os.PathLike) -> list[Example]:
-    """Read a JSON Lines file of ``{"prompt": ..., "response": ...}`` (``"task"`` optional)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No instruction file at {path}.")
-    examples = []
-    with open(path, encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                prompt, response = str(record["prompt"]), str(record["response"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(
-                    f'{path}, line {line_number}: expected a JSON object with "prompt" and "response" ({err!r}).'
-                ) from err
-            examples.append(Example(prompt, response, str(record.get("task", "custom"))))
-    return examples
-
-
-#: The files in ``data/sft/``: name -> (number of examples, seed, split).
-INSTRUCTION_FILES: dict[str, tuple[int, int, str]] = {
-    "instructions_train.jsonl": (800, 0, "train"),
-    "instructions_heldout.jsonl": (160, 1, "heldout"),
-}
-
-
-def write_instruction_datasets(directory: str | os.PathLike) -> list[Path]:
-    """(Re)generate the instruction files of ``data/sft/`` (deterministic: same bytes every time)."""
-    return [
-        save_instruction_file(make_instruction_dataset(n, seed, split=split), Path(directory) / name)
-        for name, (n, seed, split) in INSTRUCTION_FILES.items()
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------
 
@@ -472,7 +278,7 @@ class SFTBatches:
         for row, (ids, targets) in enumerate(rows):
             x[row, : len(ids)] = torch.tensor(ids)
             y[row, : len(targets)] = torch.tensor(targets)
-        return x.to(self.device), y.to(self.device)
+        return batch_to_device(x, y, self.device)
 
     def _row_at(self, position: int) -> int:
         """The row at ``position`` of the endless stream: epoch after epoch, each freshly shuffled."""
@@ -589,8 +395,7 @@ class EvalReport:
             {"task": task, "correct": correct, "total": total, "accuracy": correct / total}
             for task, (correct, total) in self._counts().items()
         ]
-        n_correct = sum(r.correct for r in self.results)
-        rows.append({"task": "all", "correct": n_correct, "total": len(self.results), "accuracy": self.accuracy})
+        rows.append({"task": "all", "correct": self.n_correct, "total": len(self.results), "accuracy": self.accuracy})
         return rows
 
     def _counts(self) -> dict[str, tuple[int, int]]:
@@ -600,6 +405,19 @@ class EvalReport:
             correct, total = counts.get(result.example.task, (0, 0))
             counts[result.example.task] = (correct + result.correct, total + 1)
         return counts
+
+    @property
+    def n_correct(self) -> int:
+        return sum(r.correct for r in self.results)
+
+    def summary(self) -> str:
+        """One line: ``accuracy: 0.873 (139/160)``."""
+        return f"accuracy: {self.accuracy:.3f} ({self.n_correct}/{len(self.results)})"
+
+    def to_dict(self) -> dict[str, object]:
+        """Overall and per-task scores as plain values (``lal eval --json``)."""
+        return {"accuracy": self.accuracy, "correct": self.n_correct, "total": len(self.results),
+                "tasks": {row["task"]: row for row in self.to_rows() if row["task"] != "all"}}
 
     def __str__(self) -> str:
         lines = [f"{'task':<12} {'correct':>7} {'total':>5} {'accuracy':>8}"]
@@ -679,19 +497,78 @@ def chat_reply(
 
 
 # ---------------------------------------------------------------------------------------------
+# New special tokens for a pretrained model
+# ---------------------------------------------------------------------------------------------
+
+
+def add_special_tokens(
+    model: GPT, tokenizer: Tokenizer, tokens: Sequence[str] = CHAT_SPECIAL_TOKENS
+) -> Tokenizer:
+    """Give a pretrained model and its tokenizer the special ``tokens`` they lack; return the new tokenizer.
+
+    Every existing id keeps its meaning; each new token gets the next id, and the model's token
+    embedding (and with it the tied output head) grows by one row per new token, **initialised
+    to the mean of the existing rows**. Why the mean: as an input, the new token then looks like
+    an ordinary token, inside the range the blocks were trained on (a random row of another
+    scale would be an input they never saw); as an output, its logit ``h · mean`` is the average
+    of the other logits, so the model neither predicts it everywhere nor can never learn to
+    predict it. Fine-tuning then moves the rows to where they are needed.
+    """
+    from lal.tokenizers import tokenizer_from_dict
+
+    missing = [token for token in tokens if token not in tokenizer.special_tokens]
+    if not missing:
+        return tokenizer
+    description = tokenizer.to_dict()
+    description["special_tokens"] = list(tokenizer.special_tokens) + missing
+    extended = tokenizer_from_dict(description)
+    old_vocab = tokenizer.vocab_size
+    if extended.vocab_size != old_vocab + len(missing) or any(
+        extended.special_tokens[token] < old_vocab for token in missing
+    ):
+        raise ValueError(f"Cannot add special tokens to a {tokenizer.name} tokenizer without renumbering it.")
+    resize_token_embeddings(model, extended.vocab_size)
+    return extended
+
+
+@torch.no_grad()
+def resize_token_embeddings(model: GPT, vocab_size: int) -> None:
+    """Grow the token embedding and the tied head to ``vocab_size`` rows, new rows = the mean row."""
+    old = model.transformer.wte.weight  # (V_old, C)
+    if vocab_size < old.size(0):
+        raise ValueError(f"The model already has {old.size(0)} token rows; shrinking to {vocab_size} would lose some.")
+    grown = torch.nn.Embedding(vocab_size, old.size(1), device=old.device, dtype=old.dtype)
+    grown.weight[: old.size(0)] = old
+    grown.weight[old.size(0) :] = old.mean(dim=0)  # (V_new - V_old, C) rows, all the mean
+    model.transformer.wte = grown
+    model.lm_head = torch.nn.Linear(old.size(1), vocab_size, bias=False, device=old.device, dtype=old.dtype)
+    model.lm_head.weight = grown.weight  # keep the weight tying
+    model.config.vocab_size = vocab_size
+
+
+# ---------------------------------------------------------------------------------------------
 # Fine-tuning
 # ---------------------------------------------------------------------------------------------
+
+#: The measured recipe (data/sft/README.md): ``lal sft``'s defaults and chapter 7's.
+SFT_STEPS = 6000
+SFT_BATCH_SIZE = 32
+SFT_LR = 2e-3
+SFT_MIX_RATIO = 0.2
 
 
 def default_finetune_config(**overrides: object) -> TrainConfig:
     """Training settings for fine-tuning a pretrained char-tiny-sized model (``overrides`` replace any).
 
-    Compared with pretraining: fewer steps, a lower peak learning rate (the weights are already
-    good; big steps would wash out what pretraining taught), a short warmup, and no weight
-    decay (it would pull the weights towards zero, not towards their pretrained values).
+    Compared with pretraining: a lower peak learning rate (the weights are already good; big
+    steps would wash out what pretraining taught), a short warmup, no weight decay (it would
+    pull the weights towards zero, not towards their pretrained values), and no ``best.pt``:
+    the validation loss on pretraining text measures forgetting, not the skill being taught,
+    so the checkpoint to use is the last one.
     """
     settings: dict[str, object] = dict(
-        max_steps=600, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=0.0, eval_interval=100, eval_windows=32
+        max_steps=SFT_STEPS, batch_size=SFT_BATCH_SIZE, lr=SFT_LR, min_lr=SFT_LR / 10, warmup_steps=50,
+        weight_decay=0.0, eval_interval=250, eval_windows=256, save_best=False,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -703,21 +580,24 @@ def finetune(
     val_data: torch.Tensor,
     cfg: TrainConfig,
     *,
+    tokenizer: Tokenizer | None = None,
     callbacks: Iterable[Callable[[EvalEvent], object]] = (),
+    resume: bool = False,
 ) -> History:
     """Fine-tune ``model`` on the batches of a batch function ``batches(step) -> (x, y)``.
 
     The loop is pretraining's, :func:`lal.train.train`: AdamW with decay / no-decay groups,
     warmup + cosine, gradient clipping and accumulation, mixed precision where the device has
-    it, NaN detection. Only the batches differ: padded, masked SFT batches
-    (:func:`make_sft_batches`), possibly mixed with pretraining windows (:func:`mix_pretraining`).
-    ``cfg.batch_size`` and ``cfg.block_size`` are not used for training: the batch function
-    decides both.
+    it, NaN detection, checkpoints in ``cfg.out_dir`` and exact resume. Only the batches differ:
+    padded, masked SFT batches (:func:`make_sft_batches`), possibly mixed with pretraining
+    windows (:func:`mix_pretraining`). ``cfg.batch_size`` and ``cfg.block_size`` are not used
+    for training: the batch function decides both.
 
     ``val_data`` holds pretraining validation tokens: the validation loss recorded every
-    ``cfg.eval_interval`` steps measures how much of its pretraining the model forgets.
+    ``cfg.eval_interval`` steps (on the same fixed windows as pretraining) measures how much of
+    its pretraining the model forgets.
     """
-    return train(model, batches, val_data, cfg, callbacks=callbacks)
+    return train(model, batches, val_data, cfg, tokenizer=tokenizer, callbacks=callbacks, resume=resume)
 
 
 @dataclass
@@ -736,13 +616,41 @@ class FinetuneReport:
         lines = [
             f"Fine-tuned for {self.history.step[-1]} steps on {self.n_examples} examples "
             f"({self.n_dropped} too long for the context were left out).",
-            f"Pretraining validation loss: {first:.3f} before, {last:.3f} after (the rise is forgetting).",
+            f"Pretraining validation loss (the windows lal train scores): {first:.3f} before, {last:.3f} after "
+            "(the rise is forgetting).",
         ]
         if self.before is not None and self.after is not None:
-            lines.append(f"Held-out accuracy: {self.before.accuracy:.0%} before, {self.after.accuracy:.0%} after.")
-            lines.append(str(self.after))
-        lines.append(f"Saved to {self.path}; try it with: lal chat --ckpt {self.path}")
+            lines.append("Held-out instructions (words never seen in fine-tuning), greedy, exact match:")
+            lines.append(compare_reports(self.before, self.after))
+        lines.append(f"Saved to {self.path}; try it with: lal chat --ckpt {self.path.parent}")
         return "\n".join(lines)
+
+
+def compare_reports(before: EvalReport, after: EvalReport) -> str:
+    """Two reports of the same examples side by side: one row per task, then "all"."""
+    lines = [f"{'task':<12} {'before':>7} {'after':>7} {'total':>5}"]
+    for old, new in zip(before.to_rows(), after.to_rows()):
+        lines.append(f"{new['task']:<12} {old['accuracy']:>7.0%} {new['accuracy']:>7.0%} {new['total']:>5}")
+    return "\n".join(lines)
+
+
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over an earlier run in ``out`` unless asked to continue it or replace it."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the fine-tuned checkpoints.")
+    earlier = [name for name in ("best.pt", "last.pt", "metrics.jsonl") if (out / name).exists()]
+    if resume and not (out / "last.pt").is_file():
+        raise ValueError(f"Cannot resume: {out} holds no last.pt. Leave out --resume to start a new run.")
+    if earlier and not (resume or overwrite):
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(earlier)}). Add --resume to continue it, --overwrite to "
+            "replace it, or choose another --out."
+        )
+    if overwrite:
+        for name in earlier:
+            (out / name).unlink()
 
 
 def finetune_from_checkpoint(
@@ -750,42 +658,47 @@ def finetune_from_checkpoint(
     out: str | os.PathLike,
     *,
     data_path: str | os.PathLike | None = None,
-    steps: int = 600,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    mix_ratio: float = 0.2,
+    steps: int = SFT_STEPS,
+    batch_size: int = SFT_BATCH_SIZE,
+    lr: float = SFT_LR,
+    mix_ratio: float = SFT_MIX_RATIO,
     device: str | None = None,
     seed: int = 1337,
     progress: bool = True,
     dataset: str | None = None,
     text_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], object] = print,
 ) -> FinetuneReport:
-    """Fine-tune a pretrained checkpoint on instructions and save it as ``out/last.pt`` (``lal sft``).
+    """Fine-tune a pretrained checkpoint on instructions into ``out/`` (``lal sft``).
 
     The instructions are ``data_path`` (JSON Lines, see :func:`load_instruction_file`) or, by
-    default, the course's generated training set, scored before and after on its held-out
-    set. A share ``mix_ratio`` of the steps replays the pretraining text (``dataset`` or
-    ``text_path``, default TinyShakespeare, tokenized with the checkpoint's tokenizer), whose
-    validation loss is reported to measure forgetting.
+    default, the course's generated training set, scored before and after on its held-out set
+    (``log`` gets both tables). A share ``mix_ratio`` of the steps replays the pretraining text
+    (``dataset`` or ``text_path``, default TinyShakespeare, tokenized with the checkpoint's
+    tokenizer), whose validation loss, on the same windows ``lal train`` scored, measures
+    forgetting. ``out/last.pt`` and ``out/metrics.jsonl`` are written at every evaluation, so
+    an interrupted run continues with ``resume=True``; an earlier run in ``out`` is refused
+    unless ``resume`` or ``overwrite``.
     """
     from lal.checkpoint import load_checkpoint, save_checkpoint
     from lal.data import prepare_text_data
 
     out = Path(out)
-    if (out / "best.pt").exists():
-        raise ValueError(f"{out} already holds a best.pt (a pretraining run?); fine-tune into a new folder.")
+    check_run_folder(out, resume=resume, overwrite=overwrite)
+    examples, heldout = (load_instruction_file(data_path), []) if data_path is not None else (
+        course_instructions("train"), course_instructions("heldout"))
     checkpoint = load_checkpoint(ckpt, device=pick_device(device))
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    if data_path is not None:
-        examples, heldout = load_instruction_file(data_path), []
-    else:
-        (n_train, train_seed, _), (n_heldout, heldout_seed, _) = INSTRUCTION_FILES.values()
-        examples = make_instruction_dataset(n_train, train_seed, split="train")
-        heldout = make_instruction_dataset(n_heldout, heldout_seed, split="heldout")
+    if any(token not in tokenizer.special_tokens for token in CHAT_SPECIAL_TOKENS):
+        tokenizer = add_special_tokens(model, tokenizer)
+        log(f"Added the chat tokens {', '.join(CHAT_SPECIAL_TOKENS)} to the tokenizer and the model.")
     text = prepare_text_data(dataset=dataset, text_path=text_path, tokenizer=tokenizer)
     block_size = model.config.block_size
+    device_name = str(next(model.parameters()).device)
     try:
-        sft_batches = make_sft_batches(examples, tokenizer, batch_size, block_size, seed=seed)
+        sft_batches = make_sft_batches(examples, tokenizer, batch_size, block_size, seed=seed, device=device_name)
     except ValueError as error:
         raise ValueError(
             f"The instruction examples cannot be encoded with this model's tokenizer: {error} "
@@ -795,13 +708,19 @@ def finetune_from_checkpoint(
         ) from error
     batches: BatchFn = sft_batches
     if mix_ratio > 0:
-        pretraining = pretraining_batches(text.train, batch_size, block_size, seed=seed)
+        pretraining = pretraining_batches(text.train, batch_size, block_size, seed=seed, device=device_name)
         batches = mix_pretraining(sft_batches, pretraining, mix_ratio)
     before = evaluate_instructions(model, tokenizer, heldout) if heldout else None
-    cfg = default_finetune_config(max_steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, device=device,
-                                  seed=seed, progress=progress, eval_interval=max(1, steps // 6))
+    if before is not None:
+        log(f"Before fine-tuning:\n{before}")
+    pretrained_cfg = (checkpoint.extra or {}).get("train_config") or {}
+    cfg = default_finetune_config(
+        max_steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10, device=device, seed=seed, progress=progress,
+        eval_windows=pretrained_cfg.get("eval_windows", 256), eval_interval=max(1, min(250, steps // 4)),
+        out_dir=out,
+    )
     torch.manual_seed(seed)  # dropout, if the model has any
-    history = finetune(model, batches, text.val, cfg)
+    history = finetune(model, batches, text.val, cfg, tokenizer=tokenizer, resume=resume)
     after = evaluate_instructions(model, tokenizer, heldout) if heldout else None
     extra = {
         "finetuned_from": str(checkpoint.path),
@@ -812,3 +731,14 @@ def finetune_from_checkpoint(
     }
     path = save_checkpoint(out / "last.pt", model, tokenizer, extra=extra)
     return FinetuneReport(Path(path), history, len(sft_batches), sft_batches.n_dropped, before, after)
+
+
+def evaluate_checkpoint(
+    ckpt: str | os.PathLike, data_path: str | os.PathLike, *, device: str | None = None
+) -> EvalReport:
+    """Score a checkpoint on an instruction file (``lal eval``): greedy answers, exact match."""
+    from lal.checkpoint import load_checkpoint
+
+    examples = load_instruction_file(data_path)
+    checkpoint = load_checkpoint(ckpt, device=pick_device(device))
+    return evaluate_instructions(checkpoint.model, checkpoint.tokenizer, examples)

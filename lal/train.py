@@ -51,7 +51,7 @@ from lal.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from lal.data import batches_from_windows, eval_windows, get_batch
+from lal.data import batch_to_device, batches_from_windows, eval_windows, get_batch
 from lal.device import (
     PRECISIONS,
     ThreadFitter,
@@ -114,6 +114,7 @@ class TrainConfig:
     seed: int = 1337
     out_dir: str | os.PathLike | None = None  # metrics.jsonl, best.pt and last.pt go here; None = no files
     save_checkpoints: bool = True
+    save_best: bool = True  # best.pt at each new lowest validation loss (fine-tuning: off, see lal.sft)
     compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
     precision: str = "auto"  # "auto" (bf16 where native, fp16 + scaler on older GPUs, fp32 on CPU/MPS), "bf16", "fp16", "fp32"
     progress: bool = True  # show a tqdm progress bar
@@ -533,7 +534,7 @@ class _Trainer:
         for micro in range(cfg.grad_accum_steps):
             if self.train_batches is not None:
                 x, y = self.train_batches(step * cfg.grad_accum_steps + micro)  # (B, T) each
-                x, y = x.to(self.device), y.to(self.device)
+                x, y = batch_to_device(x, y, self.device)  # pinned and asynchronous to a GPU
             else:
                 x, y = get_batch(self.train_data, cfg.batch_size, self.block_size, self.device, self.batch_generator)
             self.state.tokens += x.numel() * self.dist.world_size  # every rank reads as many
@@ -645,7 +646,7 @@ class _Trainer:
             return
         if train_state is not None:
             extra = {"train_config": self.cfg.to_dict(), "val_loss": row["val_loss"], "step": row["step"]}
-            if improved:
+            if improved and self.cfg.save_best:
                 self._checkpoint(BEST_CHECKPOINT, train_state, extra)
             self._checkpoint(LAST_CHECKPOINT, train_state, extra)
         with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as file:

@@ -147,18 +147,82 @@ def test_sft_on_a_vocabulary_without_the_instructions_characters_says_what_to_do
     assert "give --data a JSONL file" in capsys.readouterr().err
 
 
-def test_sft_then_chat(tmp_path: Path, capsys) -> None:
+def _greedy_reply(checkpoint, prompt: str, max_new_tokens: int) -> str:
+    """The greedy answer computed step by step with the model's logits, independently of lal.sample."""
+    from lal.sft import encode_prompt
+
+    ids = encode_prompt(checkpoint.tokenizer, prompt)
+    end = checkpoint.tokenizer.special_tokens["<|end|>"]
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits, _ = checkpoint.model(torch.tensor([ids + new]))  # (1, T, V)
+            next_id = int(logits[0, -1].argmax())
+            if next_id == end:
+                break
+            new.append(next_id)
+    return checkpoint.tokenizer.decode(new)
+
+
+def test_sft_eval_then_chat(tmp_path: Path, capsys) -> None:
     pretrained, chat = tmp_path / "pretrained", tmp_path / "chat"
     assert main(["train", "--dataset", "tinyshakespeare", "--preset", "char-tiny", "--out", str(pretrained),
                  "--max-steps", "10", "--batch-size", "8", "--eval-interval", "10", "--device", "cpu", "--quiet"]) == 0
-    assert main(["sft", "--ckpt", str(pretrained), "--out", str(chat), "--steps", "6",
-                 "--batch-size", "4", "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    sft = ["sft", "--ckpt", str(pretrained), "--out", str(chat), "--steps", "6", "--batch-size", "4", "--device",
+           "cpu", "--quiet"]
+    assert main(sft) == 0
     report = capsys.readouterr().out
-    assert "Held-out accuracy" in report and "Pretraining validation loss" in report
+    assert report.startswith("Before fine-tuning:") and "task          before   after total" in report
+    assert "Pretraining validation loss" in report
     tuned = load_checkpoint(chat)  # a fine-tuned model, loadable on its own
     before = load_checkpoint(pretrained / "last.pt").model.state_dict()["transformer.wte.weight"]
     assert not torch.equal(before, tuned.model.state_dict()["transformer.wte.weight"])  # it was trained
+    assert [json.loads(line)["step"] for line in (chat / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3, 4, 5, 6]
 
+    # lal eval scores the held-out file with the same harness: the same accuracy sft saved
+    heldout = Path(__file__).resolve().parent.parent / "data" / "sft" / "instructions_heldout.jsonl"
+    assert main(["eval", "--ckpt", str(chat), "--data", str(heldout), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    n_lines = len(heldout.read_text(encoding="utf-8").splitlines())
+    correct = round(tuned.extra["heldout_accuracy"] * n_lines)
+    assert lines[-1] == f"accuracy: {correct / n_lines:.3f} ({correct}/{n_lines})"
+    assert lines[0].split() == ["task", "correct", "total", "accuracy"]
+    assert main(["eval", "--ckpt", str(chat), "--data", str(heldout), "--device", "cpu", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert (scores["correct"], scores["total"]) == (correct, n_lines) and len(scores["tasks"]) == 8
+
+    # a second run into the same folder is refused: the first one is kept
+    assert main(sft) == 1
+    assert "already holds a run" in capsys.readouterr().err and load_checkpoint(chat).extra == tuned.extra
+
+    expected = _greedy_reply(tuned, "Reverse: to be", max_new_tokens=8)
     assert main(["chat", "--ckpt", str(chat), "--prompt", "Reverse: to be", "--max-new-tokens", "8",
-                 "--seed", "0", "--device", "cpu"]) == 0
-    assert capsys.readouterr().out.startswith("model> ")
+                 "--temperature", "0", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == f"model> {expected}\n"
+
+
+def test_interrupted_sft_names_the_command_that_resumes_it(tmp_path: Path, capsys, monkeypatch) -> None:
+    import lal.sft
+
+    out = tmp_path / "chat"
+
+    def interrupted(ckpt, out_dir, **settings):
+        Path(out_dir).mkdir()
+        (Path(out_dir) / "last.pt").write_bytes(b"saved at the last evaluation")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lal.sft, "finetune_from_checkpoint", interrupted)
+    assert main(["sft", "--ckpt", "base", "--out", str(out), "--steps", "900", "--lr", "0.001", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert f"{out / 'last.pt'} keeps the run" in err
+    assert err.strip().endswith(f"lal sft --ckpt base --out {out} --steps 900 --lr 0.001 --resume")
+
+
+def test_sft_rejects_instruction_files_with_null_fields(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "Repeat: a", "response": "a"}\n{"prompt": "Repeat: b", "response": null}\n',
+                    encoding="utf-8")
+    assert main(["eval", "--ckpt", str(tmp_path / "nowhere"), "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert f'{data}, line 2: "response" must be a string, got null' in err and "Traceback" not in err

@@ -138,3 +138,26 @@ def test_kv_cache_draws_one_slot_per_position_and_rejects_a_full_cache() -> None
     assert "position 4" in diagrams.figure_texts(fig)
     with pytest.raises(ValueError, match="between 1 and block_size - 1"):
         diagrams.kv_cache(block_size=8, cached=8)
+
+
+# --- chapter 7 ---------------------------------------------------------------------------------
+
+
+def test_chat_template_marks_exactly_the_answer_and_its_end_as_trained() -> None:
+    fig = diagrams.chat_template("Rev: ab", "ba")
+    texts = diagrams.figure_texts(fig)
+    n_tokens = len("Rev: ab") + len("ba") + 4
+    # one input cell per token, one target cell per position but the last
+    assert len(_boxes(fig)) == 2 * n_tokens - 1
+    trained_fill = plt.matplotlib.colors.to_rgb(diagrams.KIND_COLORS["loss"][0])
+    trained = [b for b in _boxes(fig) if b.get_facecolor()[:3] == pytest.approx(trained_fill)]
+    assert len(trained) == len("ba") + 1  # b, a, <|end|>
+    assert texts.count("-100") == n_tokens - 1 - len(trained)
+    assert texts.count("<|end|>") == 3  # two in the input row, one trained target
+
+
+def test_sft_data_flow_names_the_split_the_mixing_and_the_score() -> None:
+    texts = " ".join(diagrams.figure_texts(diagrams.sft_data_flow()))
+    for piece in ("train words only", "held-out + made-up words", "template, mask, pad", "a share r of steps",
+                  "greedy, exact match", "prompts never trained on"):
+        assert piece in texts

@@ -7,6 +7,7 @@ import copy
 import math
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,18 +16,31 @@ import torch
 import torch.nn.functional as F
 
 from lal.model import GPT, IGNORE_INDEX, GPTConfig
-from lal.sft import (
-    DEFAULT_TEMPLATE,
+from lal.instructions import (
     HELDOUT_MODULUS,
     INSTRUCTION_FILES,
+    MAX_EXAMPLE_CHARS,
     NUMBER_WORDS,
     TASKS,
-    WORDS,
+    Example,
+    WordPools,
+    load_instruction_file,
+    make_instruction_dataset,
+    save_instruction_file,
+    score_response,
+    text_words,
+    word_pools,
+    word_split,
+    write_instruction_datasets,
+)
+from lal.sft import (
+    DEFAULT_TEMPLATE,
     EvalReport,
     EvalResult,
-    Example,
+    add_special_tokens,
     answer,
     chat_reply,
+    compare_reports,
     default_finetune_config,
     encode_conversation,
     encode_example,
@@ -34,18 +48,13 @@ from lal.sft import (
     evaluate_instructions,
     finetune,
     finetune_from_checkpoint,
-    load_instruction_file,
-    make_instruction_dataset,
     make_sft_batches,
     mix_pretraining,
     pretraining_batches,
-    save_instruction_file,
-    score_response,
-    split_of,
-    write_instruction_datasets,
 )
 from lal.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
-from lal.train import EvalEvent, History, TrainingDivergedError
+from lal.data import eval_windows
+from lal.train import EVAL_SEED, EvalEvent, History, TrainingDivergedError, estimate_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +152,7 @@ def test_a_tokenizer_without_chat_tokens_gets_a_clear_error() -> None:
 
 # --- the generated dataset --------------------------------------------------------------------
 
-ORACLES = {  # each task's answer computed again, independently of lal.sft
+ORACLES = {  # each task's answer computed again, independently of lal.instructions
     "repeat": (r"Repeat: ([a-z ]+)", lambda s: s),
     "twice": (r"Repeat twice: ([a-z]+)", lambda s: f"{s} {s}"),
     "uppercase": (r"Uppercase: ([a-z ]+)", str.upper),
@@ -155,61 +164,108 @@ ORACLES = {  # each task's answer computed again, independently of lal.sft
 }
 
 
-def test_every_example_has_the_right_answer_and_only_shakespeare_characters() -> None:
+@pytest.fixture(scope="module")
+def pools(shakespeare: str) -> WordPools:
+    return word_pools(shakespeare)
+
+
+@pytest.fixture(scope="module")
+def datasets(pools: WordPools) -> dict[str, list[Example]]:
+    return {split: make_instruction_dataset(2000, seed=5, split=split, pools=pools) for split in ("train", "heldout")}
+
+
+def _prompt_words(example: Example) -> list[str]:
+    return re.fullmatch(ORACLES[example.task][0], example.prompt).group(1).split()
+
+
+def test_every_example_has_the_right_answer_and_only_shakespeare_characters(datasets) -> None:
     assert set(ORACLES) == set(TASKS)
-    for split in ("train", "heldout"):
-        for example in make_instruction_dataset(400, seed=5, split=split):
+    for examples in datasets.values():
+        for example in examples:
             pattern, oracle = ORACLES[example.task]
             match = re.fullmatch(pattern, example.prompt)
             assert match is not None, example
             assert example.response == oracle(*match.groups())
             assert set(example.prompt + example.response) <= SHAKESPEARE_CHARS
-            assert all(word in WORDS for word in match.group(1).split()) or example.task == "add"
+            assert len(example.prompt) + len(example.response) <= MAX_EXAMPLE_CHARS
 
 
-def test_dataset_is_deterministic_and_balanced_across_tasks() -> None:
-    first = make_instruction_dataset(80, seed=0)
-    assert first == make_instruction_dataset(80, seed=0)
-    assert first != make_instruction_dataset(80, seed=1)
+def test_words_come_from_the_whole_text_and_are_split_by_word(shakespeare: str, pools: WordPools) -> None:
+    all_words = set(text_words(shakespeare))
+    assert len(pools.train) > 5000 and len(pools.heldout) > 1000  # the whole vocabulary, not a list
+    assert set(pools.train) | set(pools.heldout) == all_words and not set(pools.train) & set(pools.heldout)
+    assert not set(pools.novel) & all_words  # made-up words are not in the pretraining text
+    assert abs(len(pools.heldout) / len(all_words) - 1 / HELDOUT_MODULUS) < 0.02
+    assert all(word_split(w) == "heldout" for w in pools.heldout)
+
+
+def test_no_heldout_word_or_sum_appears_in_training(datasets, pools: WordPools) -> None:
+    train_words = {w for e in datasets["train"] if e.task != "add" for w in _prompt_words(e)}
+    heldout_words = {w for e in datasets["heldout"] if e.task != "add" for w in _prompt_words(e)}
+    assert train_words <= set(pools.train)
+    assert heldout_words <= set(pools.heldout) | set(pools.novel) and not heldout_words & train_words
+    novel = [e for e in datasets["heldout"] if e.task != "add" and set(_prompt_words(e)) <= set(pools.novel)]
+    assert 0.15 < len(novel) / len(datasets["heldout"]) < 0.3  # about NOVEL_SHARE of the word tasks
+    train_sums = {e.prompt for e in datasets["train"] if e.task == "add"}
+    heldout_sums = {e.prompt for e in datasets["heldout"] if e.task == "add"}
+    assert heldout_sums and not train_sums & heldout_sums
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_no_task_is_passed_by_a_constant_answer(datasets, split: str) -> None:
+    for task in TASKS:
+        answers = Counter(e.response for e in datasets[split] if e.task == task)
+        most_common_share = answers.most_common(1)[0][1] / sum(answers.values())
+        assert most_common_share <= 0.2, (task, answers.most_common(3))
+
+
+def test_dataset_is_deterministic_and_balanced_across_tasks(pools: WordPools) -> None:
+    first = make_instruction_dataset(80, seed=0, pools=pools)
+    assert first == make_instruction_dataset(80, seed=0, pools=pools)
+    assert first != make_instruction_dataset(80, seed=1, pools=pools)
     assert [e.task for e in first[:8]] == list(TASKS)
-    only_two = make_instruction_dataset(10, seed=0, tasks=["reverse", "add"])
+    only_two = make_instruction_dataset(10, seed=0, tasks=["reverse", "add"], pools=pools)
     assert [e.task for e in only_two] == ["reverse", "add"] * 5
     with pytest.raises(ValueError, match="Unknown"):
-        make_instruction_dataset(4, seed=0, tasks=["sing"])
+        make_instruction_dataset(4, seed=0, tasks=["sing"], pools=pools)
 
 
-def test_heldout_prompts_never_appear_in_training_sets() -> None:
-    heldout = {e.prompt for e in make_instruction_dataset(400, seed=1, split="heldout")}
-    for seed in range(4):
-        train = {e.prompt for e in make_instruction_dataset(800, seed=seed, split="train")}
-        assert not train & heldout
-    assert all(split_of(p) == "heldout" for p in heldout)
-    # about one prompt in HELDOUT_MODULUS is held out
-    prompts = {TASKS["repeat"](random.Random(i))[0] for i in range(2000)}
-    share = sum(split_of(p) == "heldout" for p in prompts) / len(prompts)
-    assert abs(share - 1 / HELDOUT_MODULUS) < 0.05
-
-
-def test_the_committed_files_are_exactly_what_the_generator_writes(tmp_path: Path) -> None:
-    written = write_instruction_datasets(tmp_path)
+def test_the_committed_files_are_exactly_what_the_generator_writes(tmp_path: Path, pools: WordPools) -> None:
+    written = write_instruction_datasets(tmp_path, pools=pools)
     assert [p.name for p in written] == list(INSTRUCTION_FILES)
     for path in written:
         committed = ROOT / "data" / "sft" / path.name
         assert committed.read_bytes() == path.read_bytes(), f"regenerate {path.name}: write_instruction_datasets"
     train = load_instruction_file(tmp_path / "instructions_train.jsonl")
     heldout = load_instruction_file(tmp_path / "instructions_heldout.jsonl")
-    assert (len(train), len(heldout)) == (800, 160)
+    assert (len(train), len(heldout)) == tuple(n for n, _, _ in INSTRUCTION_FILES.values())
     assert not {e.prompt for e in train} & {e.prompt for e in heldout}
 
 
-def test_instruction_files_round_trip_and_bad_lines_are_reported(tmp_path: Path) -> None:
+def test_instruction_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
     examples = [Example("Reverse: ab", "ba", "reverse"), Example("Say héllo", "héllo")]
     path = save_instruction_file(examples, tmp_path / "mine.jsonl")
     assert load_instruction_file(path) == examples
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "only"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="line 2"):
-        load_instruction_file(bad)
+    bad_lines = {
+        '{"prompt": "only"}': 'line 2: the "response" field is missing',
+        '{"prompt": "a", "response": null}': 'line 2: "response" must be a string, got null',
+        '{"prompt": 7, "response": "b"}': 'line 2: "prompt" must be a string, got 7',
+        '["a", "b"]': "line 2: expected a JSON object",
+        '{"prompt": "a", "response": "b"': "line 2: not valid JSON",
+    }
+    for line, message in bad_lines.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"prompt": "a", "response": "b"}\n' + line + "\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=re.escape(f"{bad}, {message}")):
+            load_instruction_file(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="holds no examples"):
+        load_instruction_file(empty)
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"prompt": "caf\u00e9", "response": "x"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8 text.*iconv"):
+        load_instruction_file(latin1)
 
 
 def test_score_response_is_exact_up_to_end_and_whitespace() -> None:
@@ -373,12 +429,16 @@ def test_chat_reply_stops_at_end_and_streams(copy_run: CopyRun) -> None:
     assert answer(copy_run.model, copy_run.tokenizer, "Copy hd", max_new_tokens=10) == "hd"
 
 
-def test_finetune_measures_forgetting_and_honours_callbacks(copy_run: CopyRun) -> None:
-    val_tokens = torch.tensor(copy_run.tokenizer.encode("Copy ab" * 20))
+def test_finetune_measures_forgetting_on_fixed_windows_and_honours_callbacks(copy_run: CopyRun) -> None:
+    val_tokens = torch.tensor(copy_run.tokenizer.encode("Copy ab Copy hd " * 20))
     events: list[EvalEvent] = []
+    losses_seen: list[float] = []
 
     def stop_at_second(event: EvalEvent) -> None:
         events.append(event)
+        # the recorded loss is the loss of the current weights on the fixed pretraining windows
+        starts = eval_windows(val_tokens, 4, 16, seed=EVAL_SEED)
+        losses_seen.append(estimate_loss(model, val_tokens, starts, block_size=16, batch_size=8))
         event.stop = len(events) == 2
 
     batches = make_sft_batches(copy_run.heldout, copy_run.tokenizer, batch_size=4, block_size=16)
@@ -386,7 +446,8 @@ def test_finetune_measures_forgetting_and_honours_callbacks(copy_run: CopyRun) -
     model = copy.deepcopy(copy_run.model)  # the fixture's model stays as it was trained
     history = finetune(model, batches, val_tokens, cfg, callbacks=[stop_at_second])
     assert [e.step for e in events] == [0, 5] and history.stopped_reason == "callback"
-    assert all(math.isfinite(v) for v in history.val_loss)
+    assert history.val_loss == pytest.approx(losses_seen, abs=1e-6)
+    assert history.val_loss[0] != pytest.approx(history.val_loss[1], abs=1e-4)  # training moved it
 
 
 def test_finetune_stops_with_a_clear_error_on_a_nan_loss(copy_run: CopyRun) -> None:
@@ -398,25 +459,110 @@ def test_finetune_stops_with_a_clear_error_on_a_nan_loss(copy_run: CopyRun) -> N
         finetune(copy.deepcopy(copy_run.model), all_ignored, torch.zeros(40, dtype=torch.long), cfg)
 
 
+
+
+def _tiny_base(tmp_path: Path, tokenizer) -> tuple[Path, Path]:
+    """A tiny random "pretrained" checkpoint and a text to mix in."""
+    from lal.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint(tmp_path / "base" / "best.pt", GPT(config), tokenizer)
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be: that is the question.\n" * 40, encoding="utf-8")
+    return tmp_path / "base", text
+
+
 def test_finetune_from_checkpoint_saves_a_chat_model_and_reports(
     tmp_path: Path, shakespeare_chars: CharTokenizer
 ) -> None:
-    from lal.checkpoint import load_checkpoint, save_checkpoint
+    from lal.checkpoint import load_checkpoint
 
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=shakespeare_chars.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
-    save_checkpoint(tmp_path / "base" / "best.pt", GPT(config), shakespeare_chars)
-    text = tmp_path / "text.txt"
-    text.write_text("To be, or not to be: that is the question.\n" * 40, encoding="utf-8")
+    base, text = _tiny_base(tmp_path, shakespeare_chars)
+    logged: list[str] = []
     report = finetune_from_checkpoint(
-        tmp_path / "base", tmp_path / "chat", steps=4, batch_size=4, mix_ratio=0.25, device="cpu",
-        progress=False, text_path=text,
+        base, tmp_path / "chat", steps=4, batch_size=4, mix_ratio=0.25, device="cpu",
+        progress=False, text_path=text, log=logged.append,
     )
     assert report.path == tmp_path / "chat" / "last.pt" and report.history.step[-1] == 4
+    assert not (tmp_path / "chat" / "best.pt").exists()  # a folder's best.pt would shadow the fine-tuned model
+    assert len((tmp_path / "chat" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 5
     n_heldout = INSTRUCTION_FILES["instructions_heldout.jsonl"][0]
     assert report.before is not None and len(report.before.results) == n_heldout
-    assert "Held-out accuracy" in str(report) and "lal chat" in str(report)
-    loaded = load_checkpoint(report.path)
+    assert logged[0].startswith("Before fine-tuning:") and str(report.before) in logged[0]
+    assert compare_reports(report.before, report.after) in str(report) and "lal chat" in str(report)
+    loaded = load_checkpoint(tmp_path / "chat")
     assert loaded.extra["mix_ratio"] == 0.25 and loaded.extra["heldout_accuracy"] == report.after.accuracy
-    with pytest.raises(ValueError, match="new folder"):
-        finetune_from_checkpoint(tmp_path / "base", tmp_path / "base", steps=1, device="cpu", text_path=text)
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        finetune_from_checkpoint(base, tmp_path / "chat", steps=1, device="cpu", text_path=text)
+    with pytest.raises(ValueError, match="already holds a run"):
+        finetune_from_checkpoint(base, base, steps=1, device="cpu", text_path=text)
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_weights(
+    tmp_path: Path, shakespeare_chars: CharTokenizer, monkeypatch
+) -> None:
+    import lal.train as train_module
+    from lal.checkpoint import load_checkpoint
+
+    base, text = _tiny_base(tmp_path, shakespeare_chars)
+    examples = [Example(f"Repeat: {w}", w, "repeat") for w in ("to", "be", "or", "not", "that", "is", "the")]
+    data = save_instruction_file(examples, tmp_path / "data.jsonl")
+    settings = dict(data_path=data, steps=8, batch_size=4, mix_ratio=0.25, device="cpu", progress=False,
+                    text_path=text)
+    finetune_from_checkpoint(base, tmp_path / "whole", **settings)
+
+    real_evaluate = train_module._Trainer._evaluate
+
+    def evaluate_then_interrupt(self, *args):  # Ctrl-C right after the evaluation of step 4
+        stop = real_evaluate(self, *args)
+        if self.state.step == 4:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(train_module._Trainer, "_evaluate", evaluate_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_from_checkpoint(base, tmp_path / "cut", **{**settings, "steps": 8})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "cut" / "last.pt").extra["step"] == 4
+    finetune_from_checkpoint(base, tmp_path / "cut", resume=True, **settings)
+    whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "cut")
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    report = finetune_from_checkpoint(base, tmp_path / "cut", overwrite=True, **{**settings, "steps": 2})
+    assert report.history.step == [0, 1, 2]  # replaced: a new run from the base
+
+
+def test_new_special_tokens_get_mean_rows_and_keep_old_ids() -> None:
+    plain = CharTokenizer.from_text("abxy")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=plain.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    old_rows = model.transformer.wte.weight.detach().clone()  # (4, 8)
+    extended = add_special_tokens(model, plain)
+    assert extended.special_tokens == {token: 4 + i for i, token in enumerate(CHAT_SPECIAL_TOKENS)}
+    assert extended.encode("abxy") == plain.encode("abxy")
+    weight = model.transformer.wte.weight
+    assert weight.shape == (7, 8) and model.lm_head.weight is weight and model.config.vocab_size == 7
+    assert torch.equal(weight[:4], old_rows)
+    assert torch.allclose(weight[4:], old_rows.mean(dim=0).expand(3, 8))
+    logits, _ = model(torch.tensor([[4, 0, 6]]))
+    assert logits.shape == (1, 3, 7)
+    assert add_special_tokens(model, extended) is extended  # nothing to add: unchanged
+
+
+def test_sft_batches_reach_a_gpu_through_pinned_memory_without_blocking(abxy: CharTokenizer, monkeypatch) -> None:
+    calls: list[object] = []
+    real_to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        if args and torch.device(args[0]).type == "cuda":  # no GPU needed: record the copy, keep the tensor
+            calls.append(("to cuda", kwargs.get("non_blocking", False)))
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    batches = make_sft_batches([Example("ab", "xy")], abxy, batch_size=2, block_size=16, device="cuda")
+    x, y = batches(0)
+    assert calls == ["pin", ("to cuda", True)] * 2  # x and y: pinned, then an asynchronous copy
+    assert x.tolist() == [[4, 0, 1, 6, 5, 2, 3]] * 2

@@ -1,0 +1,221 @@
+"""Checks for chapter 7's exercises: loss-masked targets and padded SFT batches.
+
+The reference answers are written here from the contracts, independently of ``lal.sft`` (whose
+functions the exercises may not call). When an answer is wrong, the check computes what the
+classic mistakes give (masking the response instead of the prompt, masking by the input's
+position instead of the target's, padding the targets with the pad id, …) and names the one the
+learner's output reproduces. All randomness comes from local generators.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from lal.checks.common import Forbidden, call, passed
+from lal.model import IGNORE_INDEX
+from lal.sft import SFTBatches, encode_conversation, encode_example
+
+Pair = tuple[list[int], list[int]]
+
+NO_SFT_ENCODING = Forbidden(
+    what="lal.sft's encoding functions",
+    why="the exercise asks you to build the shifted, masked targets yourself",
+    python_functions=(encode_conversation, encode_example),
+)
+NO_SFT_COLLATE = Forbidden(
+    what="lal.sft.SFTBatches.collate",
+    why="the exercise asks you to pad and stack the rows yourself",
+    python_functions=(SFTBatches.collate,),
+)
+
+
+# --------------------------------------------------------------------------- Exercise 7.1: sft_targets
+
+
+def _targets(token_ids: Sequence[int], keep: Callable[[int], bool]) -> list[int]:
+    """``token_ids[1:]`` with position i set to IGNORE_INDEX where ``keep(i)`` is False."""
+    return [token if keep(i) else IGNORE_INDEX for i, token in enumerate(token_ids[1:])]
+
+
+def _sft_targets_cases() -> list[tuple[str, list[int], list[bool]]]:
+    """(description, token_ids, trainable) cases: the chapter's example, edge cases, random ones."""
+    #            <|user|> a  b  <|end|> <|assistant|> x  y  <|end|>
+    chapter = ([65, 0, 1, 67, 66, 2, 3, 67], [False] * 5 + [True] * 3)
+    two_turns = ([65, 0, 67, 66, 2, 67, 65, 1, 67, 66, 3, 3, 67],
+                 [False, False, False, False, True, True, False, False, False, False, True, True, True])
+    rng = random.Random(71)
+    cases = [
+        ("the chapter's <|user|>ab<|end|><|assistant|>xy<|end|>", *chapter),
+        ("a two-turn conversation", *two_turns),
+        ("two tokens, the second trainable", [7, 9], [False, True]),
+        ("every token trainable", [4, 8, 15, 16, 23, 42], [True] * 6),
+        ("only the last token trainable", [3, 1, 4, 1, 5, 9, 2, 6], [False] * 7 + [True]),
+    ]
+    for n in (13, 40):
+        ids = [rng.randrange(1000) for _ in range(n)]
+        start = rng.randrange(1, n)
+        cases.append((f"{n} random ids, trainable from position {start}", ids, [i >= start for i in range(n)]))
+    return cases
+
+
+def _sft_targets_mistakes(token_ids: list[int], trainable: list[bool]) -> list[tuple[str, Any]]:
+    return [
+        (
+            "You masked the response and kept the prompt: the loss would train the model to write the "
+            "user's words and never its answer. Set y[i] = -100 where trainable[i + 1] is False.",
+            _targets(token_ids, lambda i: not trainable[i + 1]),
+        ),
+        (
+            "You masked by the input's position (trainable[i]) instead of the target's (trainable[i + 1]): "
+            "y[i] is the token at position i + 1, so it is that token that must be trainable. Off by one, the "
+            "first answer token is never learned and the prompt's last token is.",
+            _targets(token_ids, lambda i: trainable[i]),
+        ),
+        (
+            "Your y is not shifted: y[i] must be the *next* token, token_ids[i + 1], not token_ids[i].",
+            [token if trainable[i] else IGNORE_INDEX for i, token in enumerate(token_ids[:-1])],
+        ),
+        (
+            "You masked with 0 instead of -100: 0 is a real token id, so the loss would train the model to "
+            "predict it. Cross-entropy skips targets equal to ignore_index = -100.",
+            [token if trainable[i + 1] else 0 for i, token in enumerate(token_ids[1:])],
+        ),
+    ]
+
+
+def _as_int_list(value: Any, name: str, what: str) -> list[int]:
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise AssertionError(f"`sft_targets` should return {name} as a list of ints, got {value!r} for {what}.")
+    return list(value)
+
+
+def check_sft_targets(sft_targets: Callable[[list[int], list[bool]], tuple[list[int], list[int]]]) -> None:
+    """Exercise 7.1: ``sft_targets(token_ids, trainable)`` → ``(x, y)`` shifted, with untrainable targets -100."""
+    cases = _sft_targets_cases()
+    for what, token_ids, trainable in cases:
+        ids_before, trainable_before = list(token_ids), list(trainable)
+        result = call(sft_targets, "sft_targets", token_ids, trainable, forbidden=[NO_SFT_ENCODING])
+        if token_ids != ids_before or trainable != trainable_before:
+            raise AssertionError(f"`sft_targets` changed its input lists in place ({what}): build new lists.")
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise AssertionError(f"`sft_targets` should return a pair (x, y), got {type(result).__name__}.")
+        x = _as_int_list(result[0], "x", what)
+        y = _as_int_list(result[1], "y", what)
+        n = len(token_ids)
+        if x != token_ids[:-1]:
+            hint = ("x keeps the last token, which has no next token to predict: x = token_ids[:-1]."
+                    if x == token_ids else "x must be token_ids[:-1], the inputs, unmasked.")
+            raise AssertionError(f"For {what}, x is wrong: {hint}")
+        if len(y) != n - 1:
+            raise AssertionError(f"For {what}, y has {len(y)} entries; it needs {n - 1}, one per input in x.")
+        expected = _targets(token_ids, lambda i: trainable[i + 1])
+        if y != expected:
+            mistake = next((message for message, value in _sft_targets_mistakes(token_ids, trainable) if y == value),
+                           None)
+            first = next(i for i, (got, want) in enumerate(zip(y, expected)) if got != want)
+            raise AssertionError(
+                f"For {what}, y[{first}] is {y[first]} but should be {expected[first]}. "
+                + (mistake or "y[i] is token_ids[i + 1], or -100 where trainable[i + 1] is False.")
+            )
+    passed("sft_targets", len(cases))
+
+
+# --------------------------------------------------------------------------- Exercise 7.2: pad_and_collate
+
+
+def _reference_collate(examples: Sequence[Pair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(x) for x, _ in examples)
+    x = torch.tensor([list(ids) + [pad_id] * (length - len(ids)) for ids, _ in examples], dtype=torch.long)
+    y = torch.tensor([list(t) + [IGNORE_INDEX] * (length - len(t)) for _, t in examples], dtype=torch.long)
+    return x, y  # (B, T) each
+
+
+def _collate_cases() -> list[tuple[str, list[Pair], int]]:
+    rng = random.Random(72)
+
+    def example(n: int, n_prompt: int) -> Pair:
+        ids = [rng.randrange(3, 90) for _ in range(n + 1)]
+        return ids[:-1], [IGNORE_INDEX] * n_prompt + ids[1 + n_prompt :]
+
+    cases = [
+        ("three rows of lengths 5, 3 and 7, pad_id 67", [example(5, 2), example(3, 1), example(7, 4)], 67),
+        ("one row (nothing to pad), pad_id 2", [example(6, 3)], 2),
+        ("rows of equal length, pad_id 0", [example(4, 1), example(4, 2)], 0),
+    ]
+    rows = [example(rng.randrange(2, 30), 1) for _ in range(9)]
+    cases.append(("nine random rows, pad_id 1013", [(x, y) for x, y in rows], 1013))
+    return cases
+
+
+def _collate_mistakes(examples: Sequence[Pair], pad_id: int) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor]]]:
+    x, y = _reference_collate(examples, pad_id)
+    length = x.size(1)
+    padded_with_pad = torch.tensor([list(t) + [pad_id] * (length - len(t)) for _, t in examples])
+    left_x = torch.tensor([[pad_id] * (length - len(ids)) + list(ids) for ids, _ in examples])
+    left_y = torch.tensor([[IGNORE_INDEX] * (length - len(t)) + list(t) for _, t in examples])
+    inputs_ignored = torch.tensor([list(ids) + [IGNORE_INDEX] * (length - len(ids)) for ids, _ in examples])
+    return [
+        (
+            "You padded the targets y with pad_id: the loss would then train the model to predict padding "
+            "after every answer. Pad y with -100 (ignore_index), which the loss skips.",
+            (x, padded_with_pad),
+        ),
+        (
+            "You padded on the left. With learned position embeddings the real tokens would move to other "
+            "positions, and the first answer token would no longer sit where the chapter's rows put it: pad "
+            "on the right, where causal attention never looks back at the padding.",
+            (left_x, left_y),
+        ),
+        (
+            "You padded the inputs x with -100: that is not a token id (the embedding lookup fails). Pad x "
+            "with pad_id and only y with -100.",
+            (inputs_ignored, y),
+        ),
+    ]
+
+
+def check_pad_and_collate(pad_and_collate: Callable[[list[Pair], int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Exercise 7.2: ``pad_and_collate(examples, pad_id)`` → right-padded ``(x, y)`` long tensors ``(B, T)``."""
+    cases = _collate_cases()
+    for what, examples, pad_id in cases:
+        originals = copy.deepcopy(examples)
+        result = call(pad_and_collate, "pad_and_collate", examples, pad_id, forbidden=[NO_SFT_COLLATE])
+        if examples != originals:
+            raise AssertionError(
+                f"`pad_and_collate` changed the examples it was given ({what}): `ids += [pad_id] * n` extends "
+                "the caller's list. Build new lists (`ids + [pad_id] * n`)."
+            )
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise AssertionError(f"`pad_and_collate` should return a pair (x, y), got {type(result).__name__}.")
+        x, y = result
+        want_x, want_y = _reference_collate(examples, pad_id)
+        for name, got in (("x", x), ("y", y)):
+            if not isinstance(got, torch.Tensor):
+                raise AssertionError(f"`pad_and_collate` should return tensors, but {name} is a {type(got).__name__}.")
+            if got.dtype != torch.long:
+                raise AssertionError(
+                    f"{name} has dtype {got.dtype}; token ids and targets must be torch.long (int64): the "
+                    "embedding and cross-entropy need integer ids."
+                )
+            if tuple(got.shape) != tuple(want_x.shape):
+                raise AssertionError(
+                    f"For {what}, {name} has shape {tuple(got.shape)}, expected {tuple(want_x.shape)}: one row per "
+                    "example, as long as the longest x of this batch (not a fixed length)."
+                )
+        if torch.equal(x, want_x) and torch.equal(y, want_y):
+            continue
+        mistake = next((message for message, (mx, my) in _collate_mistakes(examples, pad_id)
+                        if torch.equal(x, mx) and torch.equal(y, my)), None)
+        wrong = "x" if not torch.equal(x, want_x) else "y"
+        raise AssertionError(
+            f"For {what}, {wrong} is wrong. "
+            + (mistake or "x is each row's ids then pad_id up to the longest row; y is its targets then -100.")
+        )
+    passed("pad_and_collate", len(cases))
