@@ -575,6 +575,7 @@ def data_parallel(n_ranks: int = 3) -> Figure:
         arrow(ax, (reduce.right[0], y), step.left)
     note(ax, 0.3, 0.45, f"one step sees {n_ranks} × batch × accumulation windows; "
          "only rank 0 writes metrics.jsonl and checkpoints")
+    return fig
 
 
 def chat_template(prompt: str = "Reverse: love", response: str = "evol") -> Figure:

@@ -17,6 +17,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 #: The browser tests (tests/browser) need Chromium and Playwright: `make test-browser` runs them.
 collect_ignore = [] if os.environ.get("LAL_BROWSER_TESTS") == "1" else ["browser"]
+#: The GPU tests run where there is a CUDA GPU (`python -m pytest tests/test_cuda.py` on one); elsewhere
+#: they are not collected, so a CPU run reports no skipped tests.
+if not torch.cuda.is_available():
+    collect_ignore.append("test_cuda.py")
 
 
 #: Set by CI (``.ci/run``) when it provides the offline data: a test that needs that data then
