@@ -131,8 +131,16 @@ def _run_all(page: Page) -> None:
     page.locator(".jp-Dialog .jp-mod-accept").click()  # the dialog's "Restart" button
 
 
+#: The notebook in the tab on show (a previous test's notebook may stay open in a hidden tab).
+SHOWN_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+def _cells(page: Page):
+    return page.locator(f"{SHOWN_NOTEBOOK} .jp-CodeCell")
+
+
 def _prompts(page: Page) -> list[str]:
-    return page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    return _cells(page).locator(".jp-InputPrompt").all_inner_texts()
 
 
 def _wait_for_all_cells(page: Page, n_code_cells: int) -> None:
@@ -145,7 +153,7 @@ def _wait_for_all_cells(page: Page, n_code_cells: int) -> None:
             return
         time.sleep(1)
     waiting = [i for i, p in enumerate(prompts) if not (p.startswith("[") and p[1:-2].isdigit())]
-    first = page.locator(".jp-CodeCell").nth(waiting[0]).locator(".jp-InputArea-editor").inner_text() if waiting else ""
+    first = _cells(page).nth(waiting[0]).locator(".jp-InputArea-editor").inner_text() if waiting else ""
     pytest.fail(f"Not every cell ran within {RUN_ALL_TIMEOUT_S} s ({len(waiting)} of {len(prompts)} still waiting; "
                 f"the first is code cell {waiting[0] + 1 if waiting else '?'}: {first[:300]!r})")
 
@@ -165,20 +173,20 @@ def test_run_all_in_jupyterlab_and_turn_the_widgets(lab, browser, notebook: Path
     explorer_cells = [i for i, source in enumerate(code_sources) if any(call in source for call in EXPLORER_CALLS)]
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{base}/lab/tree/{notebook.name}?token={token}")
+    page.goto(f"{base}/lab/tree/{notebook.name}?reset&token={token}")  # ?reset: only this notebook open
     expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first).to_be_attached(timeout=60_000)
     _run_all(page)
     _wait_for_all_cells(page, len(code_sources))
 
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    errors = page.locator(f"{SHOWN_NOTEBOOK} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [text for text in errors.all_inner_texts() if "Traceback" in text or "Error" in text.split("\n")[0]]
     assert not tracebacks, f"a cell shows an error:\n{tracebacks[0][:2000]}"
-    page_text = page.locator(".jp-Notebook").inner_text()
+    page_text = page.locator(f"{SHOWN_NOTEBOOK} .jp-Notebook").inner_text()
     assert "Error displaying widget" not in page_text
     assert "VBox(children=" not in page_text, "an explorer was shown as its text repr, not as a widget"
 
     for index in explorer_cells:
-        cell = page.locator(".jp-CodeCell").nth(index)
+        cell = _cells(page).nth(index)
         cell.scroll_into_view_if_needed()
         widget = cell.locator(".jp-OutputArea-output .widget-vbox").first
         expect(widget).to_be_visible(timeout=60_000)  # rendered as a widget, not as text
