@@ -1,4 +1,4 @@
-"""JupyterLab in a real browser, as a learner uses it: "Restart Kernel and Run All Cells", then
+"""JupyterLab in a real browser, as a learner uses it: "Run All Cells" on a fresh kernel, then
 the widgets.
 
 For every chapter notebook that shows an ipywidgets explorer, this test starts JupyterLab on
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -124,11 +125,29 @@ def browser():
         browser.close()
 
 
+def _wait_for_kernel(page: Page) -> None:
+    """Wait until the status bar shows the kernel connected and idle.
+
+    Only then has the notebook's widget manager registered with the kernel: cells run before that
+    create widgets whose first messages the page never receives, and the explorer stays blank.
+    """
+    status = page.get_by_role("button", name=re.compile(r"^Python 3 \(ipykernel\) \| Idle$"))
+    expect(status).to_be_visible(timeout=90_000)
+
+
 def _run_all(page: Page) -> None:
-    """Kernel → "Restart Kernel and Run All Cells…", confirmed, through the menus a learner uses."""
-    page.get_by_role("menuitem", name="Kernel", exact=True).click()
-    page.get_by_role("menuitem", name="Restart Kernel and Run All Cells…").click()
-    page.locator(".jp-Dialog .jp-mod-accept").click()  # the dialog's "Restart" button
+    """Run → "Run All Cells", through the menus a learner uses.
+
+    The notebook has just been opened, so its kernel is fresh: this is what "Restart Kernel and
+    Run All Cells" gives, without the restart. The restart itself is left out because JupyterLab
+    4 and Jupyter Server 2 race on it: the browser reconnects to the restarted kernel while the
+    server still holds the old connection ("Replacing stale connection" in the server log), and
+    about one run in five the server then misreads the new connection's messages, the kernel's
+    status shows "Unknown" and widgets never render. A learner who meets that reloads the page
+    (INSTRUCTORS.md, troubleshooting); a test cannot tell it from a broken notebook.
+    """
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
 
 #: The notebook in the tab on show (a previous test's notebook may stay open in a hidden tab).
@@ -158,6 +177,27 @@ def _wait_for_all_cells(page: Page, n_code_cells: int) -> None:
                 f"the first is code cell {waiting[0] + 1 if waiting else '?'}: {first[:300]!r})")
 
 
+def _wait_until_shown(element, what: str, console_errors: list[str], timeout_s: float = 90) -> None:
+    """Scroll ``element`` into view until it has a size on screen.
+
+    The widget manager renders an explorer's view asynchronously after its cell finishes, and
+    figures above it keep loading (and moving it) for a while, so one scroll is not enough: the
+    test scrolls again until the element is attached, laid out and visible.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if element.count() and element.is_visible():
+            element.scroll_into_view_if_needed()
+            if element.is_visible():
+                return
+        elif element.count():
+            element.evaluate("node => node.scrollIntoView({block: 'center'})")
+        time.sleep(0.5)
+    state = "attached but never visible" if element.count() else "never attached"
+    errors = "\n".join(console_errors[-10:]) or "none"
+    pytest.fail(f"{what} did not render as a widget within {timeout_s:.0f} s ({state}); browser console errors:\n{errors}")
+
+
 def _figure_source(widget) -> str:
     image = widget.locator("img").first
     expect(image).to_be_visible(timeout=30_000)
@@ -173,8 +213,10 @@ def test_run_all_in_jupyterlab_and_turn_the_widgets(lab, browser, notebook: Path
     explorer_cells = [i for i, source in enumerate(code_sources) if any(call in source for call in EXPLORER_CALLS)]
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    console_errors: list[str] = []
+    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
     page.goto(f"{base}/lab/tree/{notebook.name}?reset&token={token}")  # ?reset: only this notebook open
-    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first).to_be_attached(timeout=60_000)
+    _wait_for_kernel(page)
     _run_all(page)
     _wait_for_all_cells(page, len(code_sources))
 
@@ -185,11 +227,11 @@ def test_run_all_in_jupyterlab_and_turn_the_widgets(lab, browser, notebook: Path
     assert "Error displaying widget" not in page_text
     assert "VBox(children=" not in page_text, "an explorer was shown as its text repr, not as a widget"
 
+    _wait_for_kernel(page)  # every cell has finished and the kernel is still connected
     for index in explorer_cells:
         cell = _cells(page).nth(index)
-        cell.scroll_into_view_if_needed()
         widget = cell.locator(".jp-OutputArea-output .widget-vbox").first
-        expect(widget).to_be_visible(timeout=60_000)  # rendered as a widget, not as text
+        _wait_until_shown(widget, f"the explorer of code cell {index + 1}", console_errors)  # a widget, not text
         slider = widget.locator(".widget-slider .noUi-handle, .widget-slider input[type='range']").first
         expect(slider).to_be_visible()
         before = _figure_source(widget)
