@@ -553,7 +553,7 @@ def resize_token_embeddings(model: GPT, vocab_size: int) -> None:
 #: The measured recipe (data/sft/README.md): ``lal sft``'s defaults and chapter 7's.
 SFT_STEPS = 6000
 SFT_BATCH_SIZE = 32
-SFT_LR = 2e-3
+SFT_LR = 3e-3
 SFT_MIX_RATIO = 0.2
 
 
