@@ -350,7 +350,7 @@ def _parse_line(path: Path, line_number: int, line: str) -> Example:
 
 #: The files in ``data/sft/``: name -> (number of examples, seed, split).
 INSTRUCTION_FILES: dict[str, tuple[int, int, str]] = {
-    "instructions_train.jsonl": (8000, 0, "train"),
+    "instructions_train.jsonl": (24000, 0, "train"),
     "instructions_heldout.jsonl": (320, 1, "heldout"),
 }
 
