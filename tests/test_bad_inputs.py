@@ -182,10 +182,13 @@ def test_random_bytes_are_not_called_a_pickle(tmp_path):
 
 def test_ctrl_c_in_generate_says_nothing_about_training(run_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A shell starts background jobs with SIGINT ignored, and children inherit that; a terminal's
+    # Ctrl-C reaches a program whose SIGINT is the default, so give the child that default.
     process = subprocess.Popen(
         [sys.executable, "-m", "lal", "generate", "--ckpt", str(run_dir), "--max-new-tokens", "100000",
          "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None,
     )
     assert process.stdout is not None
     process.stdout.read(20)  # generation is under way
