@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from lal.data import prepare_text_data
     from lal.device import seed_everything
-    from lal.distributed import init_distributed, main_process_first
+    from lal.distributed import finish_distributed, init_distributed, main_process_first
     from lal.model import GPT, preset_config
     from lal.plan import out_of_memory_advice, plan_run
     from lal.train import default_train_config, train
@@ -321,6 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         say(plan_run(model, cfg, train_data=data.train, val_data=data.val).summary())
+        finish_distributed()
         return 0
     say(_schedule_text(cfg, context.world_size, model.config.block_size))
     try:
@@ -334,6 +335,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{history.best_val_loss:.4f} at step {history.best_step} ({history.stopped_reason}). "
             f"Checkpoints, metrics.jsonl and {card.name} are in {args.out}/."
         )
+    finish_distributed()
     return 0
 
 

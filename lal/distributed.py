@@ -102,6 +102,19 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def finish_distributed() -> None:
+    """End a run that succeeded on every process: wait for all of them, then leave the group.
+
+    Without the wait a process that finishes first tears down its side of the connections while
+    another is still using them, and gloo aborts that one ("terminate called without an active
+    exception"). Only for the path where every process succeeded: after an error the others may
+    never arrive, so the exit handler (:func:`shutdown_distributed`) leaves without waiting.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """``values`` summed over all processes (returned; unchanged without a process group)."""
     if current_context().is_distributed:
