@@ -19,6 +19,7 @@ import torch
 
 from lal.checks.common import Forbidden, call, expect_close, passed
 from lal.model import GPT, GPTConfig, expected_parameters, preset_config
+from lal.plan import estimate_memory
 from lal.pretrained import convert_gpt2_state_dict, gpt2_state_dict, load_gpt2, load_gpt2_folder
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "total")
@@ -28,6 +29,12 @@ _NO_MODEL = Forbidden(
     why="the point is to know the answer before a single byte is allocated (for the 'lal' preset that "
     "would be 124M parameters), from the config alone",
     python_functions=(GPT, GPT.flops_per_token),
+)
+
+_NO_PLAN = Forbidden(
+    what="lal.plan.estimate_memory",
+    why="that is the plan's own memory estimate, the function this exercise asks you to write",
+    python_functions=(estimate_memory,),
 )
 
 
@@ -93,7 +100,7 @@ def check_training_memory(training_memory: Callable[[GPTConfig, torch.dtype], Ma
         (preset_config("bpe-small", vocab_size=4096), torch.float64),
     ]
     for config, dtype in cases:
-        result = call(training_memory, "training_memory", config, dtype, forbidden=[_NO_MODEL])
+        result = call(training_memory, "training_memory", config, dtype, forbidden=[_NO_MODEL, _NO_PLAN])
         if not isinstance(result, Mapping) or any(part not in result for part in MEMORY_PARTS):
             raise AssertionError(f"`training_memory` should return a dict with the keys {list(MEMORY_PARTS)}, "
                                  f"got {result!r:.80}.")

@@ -3,6 +3,7 @@
 import torch
 
 from lal.model import GPT, expected_parameters
+from lal.plan import estimate_memory
 
 # --------------------------------------------------------------------------- training_memory
 
@@ -55,6 +56,12 @@ def builds_the_model(config, dtype):
     n = GPT(config).num_parameters()
     size = torch.empty((), dtype=dtype).element_size()
     return _parts(n * size, n * size, 2 * n * size)
+
+
+def asks_the_plan(config, dtype):
+    """Takes the answer from the plan's own estimate (lal.plan.estimate_memory)."""
+    estimate = estimate_memory(config, 1, 1, "fp32")
+    return _parts(estimate.weights, estimate.gradients, estimate.optimizer)
 
 
 # --------------------------------------------------------------------------- mfu
@@ -171,6 +178,7 @@ MATCH = {
     megabytes: r"return bytes, not megabytes",
     no_gradients: r"one gradient per parameter",
     builds_the_model: r"calls lal's GPT .*does not allow",
+    asks_the_plan: r"calls lal.plan.estimate_memory.*does not allow",
     forward_only: r"forward pass only",
     no_attention_flops: r"attention term .* is missing",
     counts_position_table: r"position table",
@@ -189,7 +197,7 @@ MATCH = {
 
 BROKEN = {
     "check_training_memory": [four_bytes_always, one_adam_moment, head_counted_twice, megabytes, no_gradients,
-                              builds_the_model],
+                              builds_the_model, asks_the_plan],
     "check_mfu": [forward_only, no_attention_flops, counts_position_table, percent, ignores_context_length,
                   attention_for_one_layer, uses_the_model],
     "check_gpt2_to_lal": [no_transpose, transposes_only_non_square, keeps_mask_buffers, no_prefix, no_head,
