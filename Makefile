@@ -52,7 +52,7 @@ endif
 	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks]"
 	touch $(STAMP)
 
-# What the tests need on top: pytest, nbval, hypothesis, transformers (about 180 MB installed).
+# What the tests need on top: pytest, nbval, hypothesis, transformers (about 200 MB on disk).
 $(TEST_STAMP): $(STAMP)
 	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks,test]"
 	touch $(TEST_STAMP)
