@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None,
                        help="model size, see `lal presets` (default: char-tiny; with --resume, the checkpoint's)")
     train.add_argument("--out", type=Path, required=True, help="folder for metrics and checkpoints")
-    train.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's); a run shorter than ten times "
-                       "the preset's warmup warms up for a tenth of its steps")
+    train.add_argument("--max-steps", type=int, default=None,
+                       help="optimizer steps (default: the preset's); a run shorter than ten times the preset's "
+                       "warmup warms up for a tenth of its steps")
     train.add_argument("--target-val-loss", type=finite_float, default=None, help="stop once validation loss reaches this")
     train.add_argument("--batch-size", type=int, default=None, help="windows per step (default: the preset's)")
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
