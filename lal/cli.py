@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None,
                        help="model size, see `lal presets` (default: char-tiny; with --resume, the checkpoint's)")
     train.add_argument("--out", type=Path, required=True, help="folder for metrics and checkpoints")
-    train.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    train.add_argument("--max-steps", type=int, default=None,
+                       help="optimizer steps (default: the preset's); a run shorter than ten times the preset's "
+                       "warmup warms up for a tenth of its steps")
     train.add_argument("--target-val-loss", type=finite_float, default=None, help="stop once validation loss reaches this")
     train.add_argument("--batch-size", type=int, default=None, help="windows per step (default: the preset's)")
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
@@ -288,6 +290,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None:
             setattr(cfg, name, value)
+    preset_warmup = cfg.warmup_steps
+    cfg.warmup_steps = _warmup_for_run(cfg)
     cfg.compile = cfg.compile or args.compile
     cfg.precision = args.precision
     cfg.out_dir = str(args.out)
@@ -317,13 +321,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(
         f"Training {preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {data.description}: "
         f"{len(data.train):,} training and {len(data.val):,} validation tokens, "
-        f"{data.tokenizer.name} tokenizer with {data.tokenizer.vocab_size} tokens."
+        f"{data.tokenizer.name} tokenizer with {_vocabulary_text(data.tokenizer)}."
     )
     if args.dry_run:
         say(plan_run(model, cfg, train_data=data.train, val_data=data.val).summary())
         finish_distributed()
         return 0
-    say(_schedule_text(cfg, context.world_size, model.config.block_size))
+    say(_schedule_text(cfg, context.world_size, model.config.block_size, preset_warmup))
     try:
         history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
     except torch.OutOfMemoryError:
@@ -398,14 +402,42 @@ def _silent(*_args: object, **_kwargs: object) -> None:
     """print() for the processes of a distributed run other than rank 0: they say nothing."""
 
 
-def _schedule_text(cfg, world_size: int, model_block_size: int) -> str:
+def _vocabulary_text(tokenizer) -> str:
+    """"68 tokens (65 characters + 3 special tokens)": the count the model sees, and what it is made of.
+
+    The tokenizers of `lal train` register the chat tokens `lal sft` needs from the start, so the
+    count is a few more than the text's characters (the 65 of TinyShakespeare the docs quote).
+    """
+    special = len(tokenizer.special_tokens)
+    if not special:
+        return f"{tokenizer.vocab_size} tokens"
+    ordinary = "characters" if tokenizer.name == "char" else "text tokens"
+    return f"{tokenizer.vocab_size} tokens ({tokenizer.vocab_size - special} {ordinary} + {special} special tokens)"
+
+
+#: The largest share of a run its warmup may take: a preset's warmup is shortened to this in runs
+#: that --max-steps makes short (100 warmup steps in a 20-step run would end it at a fifth of the
+#: peak learning rate, with no decay at all). The presets' own runs warm up for 7-10 %.
+MAX_WARMUP_FRACTION = 0.1
+
+
+def _warmup_for_run(cfg) -> int:
+    """The preset's warmup, or a tenth of the decay when that is shorter (at least one step)."""
+    return min(cfg.warmup_steps, max(1, int(cfg.decay_steps * MAX_WARMUP_FRACTION)))
+
+
+def _schedule_text(cfg, world_size: int, model_block_size: int, preset_warmup: int | None = None) -> str:
     block_size = cfg.block_size or model_block_size
     global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
+    shortened = (
+        f" (the preset's {preset_warmup}, shortened to a tenth of this run)"
+        if preset_warmup is not None and preset_warmup != cfg.warmup_steps else ""
+    )
     return (
         f"Global batch {global_batch} windows × {block_size} tokens = {global_batch * block_size:,} tokens per step "
         f"({cfg.batch_size} per micro-batch × {cfg.grad_accum_steps} accumulation × {world_size} process(es)); "
-        f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps, then cosine to {cfg.min_lr:g} "
-        f"at step {cfg.decay_steps}; {cfg.max_steps} steps."
+        f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps{shortened}, then cosine to "
+        f"{cfg.min_lr:g} at step {cfg.decay_steps}; {cfg.max_steps} steps."
     )
 
 
