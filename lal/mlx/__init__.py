@@ -4,7 +4,7 @@
 and shapes, so a ``lal`` checkpoint loads into it and back (:func:`from_torch`, :func:`to_torch`):
 
 * :mod:`lal.mlx.model`: :class:`GPT` written in ``mlx.nn``;
-* :mod:`lal.mlx.train`: the training loop of :mod:`lal.train` (the same schedule, batches,
+* :mod:`lal.mlx.train`: ``train``, the training loop of :mod:`lal.train` (the same schedule, batches,
   evaluation windows and checkpoint files) with ``nn.value_and_grad`` and ``mlx.optimizers.AdamW``;
 * :mod:`lal.mlx.sample`: generation with a KV cache, choosing tokens with :mod:`lal.sample`;
 * :mod:`lal.mlx.bench`: the same throughput measurement as :mod:`lal.bench`.
@@ -28,7 +28,6 @@ _EXPORTS = {
     "GPT": "lal.mlx.model",
     "from_torch": "lal.mlx.convert",
     "to_torch": "lal.mlx.convert",
-    "train": "lal.mlx.train",
     "generate": "lal.mlx.sample",
     "generate_text": "lal.mlx.sample",
 }
