@@ -10,6 +10,8 @@ NOTEBOOK_TIMEOUT ?= 300
 # libraries): for a machine without an NVIDIA GPU. The default build uses a GPU when there is one.
 TORCH ?= default
 CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
+# The mlx extra installs MLX on Linux (its CPU build) and macOS: there its tests must run, not skip.
+REQUIRE_MLX := $(if $(filter Linux Darwin,$(shell uname -s 2>/dev/null)),1,0)
 # JupyterLab refuses to start as root (containers, cloud VMs) unless told that it is meant.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
@@ -34,7 +36,7 @@ $(STAMP): pyproject.toml
 ifeq ($(TORCH),cpu)
 	$(PYTHON) -m pip install --progress-bar on torch --index-url $(CPU_TORCH_INDEX)
 endif
-	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks,test]"
+	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks,test,mlx]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,7 +45,7 @@ lab: install
 	$(VENV)/bin/jupyter lab notebooks/ $(ALLOW_ROOT)
 
 test: install
-	$(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \
+	LAL_REQUIRE_MLX=$(REQUIRE_MLX) $(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(NOTEBOOK_TIMEOUT) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
 
 # Needs a Chromium from the system's package manager (apt-get install chromium) or LAL_CHROMIUM.

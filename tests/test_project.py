@@ -14,7 +14,7 @@ from notebook_cells import ROOT
 
 
 def _names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].strip().lower() for r in requirements}
+    return {re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].strip().lower() for r in requirements}
 
 
 def test_environment_yml_has_the_same_dependencies_as_pyproject() -> None:
@@ -45,9 +45,10 @@ def test_the_package_never_reads_the_shared_folder() -> None:
 
 
 def _requirement(text: str, extra: str | None = None) -> tuple[str, str, str | None]:
-    """("torch", ">=2.4", None) from "torch>=2.4": name, specifier, extra."""
-    text = text.split("#")[0].strip()
-    name, specifier = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", text).groups()
+    """("torch", ">=2.4", None) from "torch>=2.4": name, specifier, extra (the package's own ``[extras]``
+    and an environment marker after ``;`` are left out, as uv.lock records them apart)."""
+    text = text.split("#")[0].split(";")[0].strip()
+    name, specifier = re.match(r"([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*(.*)", text).groups()
     return name.lower().replace("_", "-"), specifier.replace(" ", ""), extra
 
 
@@ -83,7 +84,7 @@ def test_make_lab_installs_cpu_torch_on_request_and_starts_as_root() -> None:
     assert "download.pytorch.org" not in default  # GPU owners keep PyPI's default build
     cpu = _make_dry_run("lab", "TORCH=cpu")
     cpu_index = cpu.index("--index-url https://download.pytorch.org/whl/cpu")
-    assert cpu_index < cpu.index('-e ".[notebooks,test]"')  # torch first, so the package does not pull the CUDA one
+    assert cpu_index < cpu.index('-e ".[notebooks,test,mlx]"')  # torch first, so the package does not pull the CUDA one
     assert "--quiet -e" not in cpu  # the long install shows its progress
     starts_lab = next(line for line in default.splitlines() if "jupyter lab" in line)
     assert starts_lab.endswith("--allow-root") == (os.geteuid() == 0)
