@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import lal.cli
 import lal.train
 from lal.checkpoint import load_checkpoint, save_checkpoint
 from lal.cli import main
@@ -222,8 +223,11 @@ def test_cli_trains_with_one_backend_and_samples_with_the_other(mx, tmp_path: Pa
     text_file = tmp_path / "mine.txt"
     text_file.write_text(TEXT, encoding="utf-8")
     runs = {backend: tmp_path / backend for backend in ("torch", "mlx")}
-    for backend, out in runs.items():
-        assert _train(text_file, out, backend) == 0
+    with monkeypatch.context() as patch:  # the PyTorch run's model card is tested in test_cli.py
+        patch.setattr(lal.cli, "_write_model_card", lambda args, *rest: args.out / "MODEL_CARD.md")
+        assert _train(text_file, runs["torch"], "torch") == 0
+    assert _train(text_file, runs["mlx"], "mlx") == 0
+    assert "MLX backend" in (runs["mlx"] / "MODEL_CARD.md").read_text(encoding="utf-8")
     rows = {b: [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
             for b, out in runs.items()}
     assert [r["step"] for r in rows["mlx"]] == [0, 10, 20]
