@@ -189,6 +189,27 @@ def test_first_20_training_losses_match_pytorch(mx) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=TRAINING_ATOL, msg=name)
 
 
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(mx) -> None:
+    from mlx.utils import tree_flatten
+
+    from lal.mlx import from_torch
+    from lal.mlx.train import Trainer as MLXTrainer
+
+    torch.manual_seed(5)
+    model = from_torch(GPT(tiny_config()))
+    data = torch.randint(37, (2000,))
+    cfg = lal.train.TrainConfig(max_steps=10, batch_size=4, lr=1e30, warmup_steps=1, grad_clip=None, eval_windows=4,
+                                device="cpu", progress=False)
+    trainer = MLXTrainer(model, data[:1800], data[1800:], cfg)
+    trainer.train_step()  # an absurd step: the weights are now huge, and the next loss is not finite
+    after_first = {name: np.array(w) for name, w in tree_flatten(model.parameters())}
+    with pytest.raises(lal.train.TrainingDivergedError, match="NaN or infinite at step 2") as caught:
+        trainer.train_step()
+    assert caught.value.step == 2 and trainer.state.step == 1
+    for name, weight in tree_flatten(model.parameters()):  # the update of the NaN step was undone
+        np.testing.assert_array_equal(np.array(weight), after_first[name], err_msg=name)
+
+
 def test_generation_matches_pytorch_past_the_context(mx) -> None:
     """Greedy and seeded sampling, with the window sliding past block_size (the cache rebuilt)."""
     from lal.mlx import from_torch, generate
