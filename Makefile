@@ -20,6 +20,11 @@ FIRST_CHAPTER := notebooks/01_next_token_prediction.ipynb
 # The chapters whose training cells save runs for LAL_REUSE_RUNS=1 (`make runs`), in order:
 # chapters 7 and 8 load the model chapter 5 saves.
 TRAINING_CHAPTERS := $(sort $(shell grep -l train_or_reuse notebooks/[0-9][0-9]_*.ipynb))
+# The mlx extra installs MLX on Linux (its CPU build) and macOS: there its tests must run, not skip.
+REQUIRE_MLX := $(if $(filter Linux Darwin,$(shell uname -s 2>/dev/null)),1,0)
+# On a Mac, make lab also installs MLX, the second backend chapter 8 shows (`--backend mlx`).
+COMMA := ,
+LAB_EXTRAS := notebooks$(if $(filter Darwin,$(shell uname -s 2>/dev/null)),$(COMMA)mlx)
 # JupyterLab refuses to start as root (containers, cloud VMs) unless told that it is meant.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
@@ -51,12 +56,13 @@ endif
 ifeq ($(TORCH),cpu)
 	$(PYTHON) -m pip install --progress-bar on torch --index-url $(CPU_TORCH_INDEX)
 endif
-	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks]"
+	$(PYTHON) -m pip install --progress-bar on -e ".[$(LAB_EXTRAS)]"
 	touch $(STAMP)
 
-# What the tests need on top: pytest, nbval, hypothesis, transformers (about 200 MB on disk).
+# What the tests need on top: pytest, nbval, hypothesis, transformers (about 200 MB on disk), and
+# MLX (its CPU build on Linux), whose tests run wherever it installs.
 $(TEST_STAMP): $(STAMP)
-	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks,test]"
+	$(PYTHON) -m pip install --progress-bar on -e ".[notebooks,test,mlx]"
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
@@ -67,7 +73,7 @@ lab: install
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(FIRST_CHAPTER) $(ALLOW_ROOT)
 
 test: install-test
-	$(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \
+	LAL_REQUIRE_MLX=$(REQUIRE_MLX) $(PYTHON) -m pytest tests notebooks solutions --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(NOTEBOOK_TIMEOUT) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
 
 # Needs a Chromium from the system's package manager (apt-get install chromium) or LAL_CHROMIUM.

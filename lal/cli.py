@@ -93,6 +93,18 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
 
 
+#: The array libraries lal trains and samples with: PyTorch (the reference) and Apple's MLX (lal.mlx).
+BACKENDS = ("torch", "mlx")
+
+
+def _add_backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help='torch, or mlx: the same model in Apple\'s MLX (fast on a Mac; pip install "lal[mlx]"). '
+        "Both read and write the same checkpoints",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lal",
@@ -147,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true",
                        help="print the plan (memory per step, the batch that fits, time from a few timed steps) and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backend_option(train)
 
     generate = commands.add_parser(
         "generate",
@@ -166,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     _add_sampling_options(generate)
+    _add_backend_option(generate)
 
     sft = commands.add_parser(
         "sft",
@@ -252,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: bf16 where native, fp16 + gradient scaler on older GPUs, fp32 on CPU/MPS")
     bench.add_argument("--compile", action="store_true", help="torch.compile the model first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_backend_option(bench)
 
     commands.add_parser(
         "presets",
@@ -273,6 +288,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lal.plan import out_of_memory_advice, plan_run
     from lal.train import default_train_config, train
 
+    if args.backend == "mlx":
+        _check_mlx_options(args)
     preset = args.preset or "char-tiny"
     cfg = default_train_config(preset)
     overrides = dict(
@@ -329,7 +346,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     say(_schedule_text(cfg, context.world_size, model.config.block_size, preset_warmup))
     try:
-        history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
+        if args.backend == "mlx":  # the same initial weights (the seed's), trained by MLX
+            from lal.mlx import from_torch
+            from lal.mlx.train import train as train_mlx
+
+            history = train_mlx(from_torch(model), data.train, data.val, cfg, tokenizer=data.tokenizer)
+        else:
+            history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
     except torch.OutOfMemoryError:
         raise ValueError(out_of_memory_advice(cfg, cfg.block_size or model.config.block_size, cfg.device)) from None
     if context.is_main:
@@ -341,6 +364,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     finish_distributed()
     return 0
+
+
+def _check_mlx_options(args: argparse.Namespace) -> None:
+    """With --backend mlx: MLX must import, and options only the PyTorch backend has are refused."""
+    from lal.mlx import require_mlx
+
+    require_mlx()
+    refused = [flag for flag, used in (("--resume", getattr(args, "resume", False)),
+                                       ("--dry-run", getattr(args, "dry_run", False)),
+                                       (f"--precision {args.precision}", args.precision not in ("auto", "fp32")))
+               if used]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} needs --backend torch; the MLX backend trains new runs in float32.")
 
 
 #: What a training folder holds; a folder with any of these holds an earlier run.
@@ -455,6 +491,8 @@ def _write_model_card(args: argparse.Namespace, cfg, history, data, world_size: 
     info = DataInfo.from_file(data.description, path, len(data.train), len(data.val))
     hardware = device_name(device) + (f" × {world_size} processes" if world_size > 1 else "")
     precision = precision_name(device, cfg.precision) + (", torch.compile" if cfg.compile else "")
+    if args.backend == "mlx":
+        hardware, precision = f"{hardware}, MLX backend", "fp32" + (", mx.compile" if cfg.compile else "")
     return write_model_card(args.out, best.model, best.tokenizer, cfg, history, info, preset=args.preset or "char-tiny",
                             hardware=hardware, precision=precision, world_size=world_size)
 
@@ -465,21 +503,44 @@ def _print_stream(piece: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from lal.checkpoint import load_checkpoint
+
+    if args.backend == "mlx":
+        from lal.mlx import require_mlx
+
+        require_mlx()
     from lal.device import pick_device
     from lal.sample import generate_text
 
     if args.gpt2 is not None:
         from lal.pretrained import load_gpt2
 
-        model, tokenizer = load_gpt2(args.gpt2, device=pick_device(args.device))
+        model, tokenizer = load_gpt2(args.gpt2, device=pick_device(args.device) if args.backend == "torch" else "cpu")
     else:
-        checkpoint = load_checkpoint(args.ckpt, device=pick_device(args.device))
+        checkpoint = load_checkpoint(args.ckpt, device=pick_device(args.device) if args.backend == "torch" else "cpu")
         model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    if args.backend == "mlx":
+        return _generate_mlx(args, model, tokenizer)
     print(args.prompt, end="", flush=True)
     generate_text(
         model, tokenizer, args.prompt, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream_to=_print_stream,
     )
+    print()
+    return 0
+
+
+def _generate_mlx(args: argparse.Namespace, model, tokenizer) -> int:
+    """``lal generate --backend mlx``: the loaded weights converted to MLX, sampled by lal.mlx."""
+    import mlx.core as mx
+
+    from lal.mlx import from_torch, generate_text
+    from lal.mlx.train import mlx_device
+
+    mx.set_default_device(mlx_device(args.device))
+    mlx_model = from_torch(model)
+    print(args.prompt, end="", flush=True)
+    generate_text(mlx_model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream_to=_print_stream)
     print()
     return 0
 
@@ -578,6 +639,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from lal.bench import benchmark
 
     vocab_size = args.vocab_size or (65 if args.preset.startswith("char") else 50257)
+    if args.backend == "mlx":
+        _check_mlx_options(args)
+        from lal.mlx.bench import benchmark as benchmark_mlx
+
+        result = benchmark_mlx(args.preset, vocab_size=vocab_size, batch_size=args.batch_size,
+                               block_size=args.block_size, steps=args.steps, device=args.device, compile=args.compile)
+        print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+        return 0
     result = benchmark(
         args.preset, vocab_size=vocab_size, batch_size=args.batch_size, block_size=args.block_size,
         steps=args.steps, device=args.device, compile=args.compile, precision=args.precision,

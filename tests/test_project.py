@@ -15,7 +15,7 @@ from notebook_cells import ROOT
 
 
 def _names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].strip().lower() for r in requirements}
+    return {re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].strip().lower() for r in requirements}
 
 
 def test_environment_yml_has_the_same_dependencies_as_pyproject() -> None:
@@ -46,9 +46,10 @@ def test_the_package_never_reads_the_shared_folder() -> None:
 
 
 def _requirement(text: str, extra: str | None = None) -> tuple[str, str, str | None]:
-    """("torch", ">=2.4", None) from "torch>=2.4": name, specifier, extra."""
-    text = text.split("#")[0].strip()
-    name, specifier = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", text).groups()
+    """("torch", ">=2.4", None) from "torch>=2.4": name, specifier, extra (the package's own ``[extras]``
+    and an environment marker after ``;`` are left out, as uv.lock records them apart)."""
+    text = text.split("#")[0].split(";")[0].strip()
+    name, specifier = re.match(r"([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*(.*)", text).groups()
     return name.lower().replace("_", "-"), specifier.replace(" ", ""), extra
 
 
@@ -95,7 +96,7 @@ def test_make_lab_installs_what_the_notebooks_need_and_make_test_the_test_tools(
     lab = _make_dry_run("lab")
     assert '-e ".[notebooks]"' in lab and "test]" not in lab  # no pytest, nbval, transformers for a learner
     test = _make_dry_run("test")
-    assert test.index('-e ".[notebooks]"') < test.index('-e ".[notebooks,test]"') < test.index("-m pytest")
+    assert test.index('-e ".[notebooks]"') < test.index('-e ".[notebooks,test,mlx]"') < test.index("-m pytest")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
