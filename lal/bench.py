@@ -471,6 +471,11 @@ def expectation_rows(config: GPTConfig) -> list[RunEstimate]:
             estimate_run(config, tokens, "NVIDIA H200", "bf16", mfu, run["block_size"])]
 
 
+def _two_digits(value: float) -> float:
+    """``value`` rounded to two significant digits: 94,815 → 95,000."""
+    return float(f"{value:.2g}")
+
+
 def expectation_markdown(config: GPTConfig) -> str:
     """The estimated rows of chapter 8's "what to expect" table (and INSTRUCTORS.md's), as markdown lines.
 
@@ -479,7 +484,8 @@ def expectation_markdown(config: GPTConfig) -> str:
     lines = []
     for row in expectation_rows(config):
         how = "fp16 with a gradient scaler" if row.precision == "fp16" else "bf16 autocast"
-        lines.append(f"| {row.card} | {how} | ≈ {format_duration(float(f'{row.seconds:.2g}'))} | ≈ {float(f'{row.tokens_per_s:.2g}'):,.0f} | "
+        seconds, tokens_per_s = _two_digits(row.seconds), _two_digits(row.tokens_per_s)  # estimates: no more
+        lines.append(f"| {row.card} | {how} | ≈ {format_duration(seconds)} | ≈ {tokens_per_s:,.0f} | "
                      f"{format_mfu(row.mfu)} (assumed) | *estimated from the FLOP count and the card's peak* "
                      f"({row.peak_tflops:g} TFLOP/s) |")
     return "\n".join(lines)
