@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -421,9 +422,15 @@ class RunEstimate:
 
 
 def flops_per_token_of(config: GPTConfig, context_length: int | None = None) -> float:
-    """:meth:`lal.model.GPT.flops_per_token` of ``GPT(config)``, without allocating its weights."""
-    with torch.device("meta"):
-        return GPT(config).flops_per_token(context_length)
+    """:meth:`lal.model.GPT.flops_per_token` of ``GPT(config)``, built once per config (the caller's random
+    state is left as it was)."""
+    return _flops_per_token(tuple(sorted(dataclasses.asdict(config).items())), context_length)
+
+
+@functools.lru_cache(maxsize=16)
+def _flops_per_token(config_items: tuple[tuple[str, Any], ...], context_length: int | None) -> float:
+    with torch.random.fork_rng():
+        return GPT(GPTConfig(**dict(config_items))).flops_per_token(context_length)
 
 
 def mfu_of(tokens_per_s: float, config: GPTConfig, peak_tflops: float, context_length: int | None = None) -> float:
