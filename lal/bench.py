@@ -15,6 +15,7 @@ backends (TF32), autocast, gradient scaling, clipping, fused AdamW and accumulat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 import re
@@ -23,12 +24,13 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from lal.device import autocast_dtype, pick_device, precision_name
-from lal.model import GPT, preset_config
-from lal.train import Trainer, TrainConfig
+from lal.model import GPT, GPTConfig, preset_config
+from lal.train import History, Trainer, TrainConfig
 
 #: Dense (no sparsity) peak TFLOP/s from the vendors' datasheets, by device and by the precision
 #: training computes in ("fp32" on a CUDA GPU means TF32 tensor cores, which lal turns on).
@@ -305,3 +307,192 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return _apple_chip_name() or platform.processor() or "CPU"
+
+
+# --------------------------------------------------------------------------- a run's throughput and verdict
+
+#: The fewest training steps a throughput figure is timed over: a handful of steps catches the
+#: first allocations and thread wake-ups, and read lower than the whole run that includes them.
+MIN_TIMED_STEPS = 50
+
+#: How far above a target validation loss a run may stop and still be called "inside the noise".
+#: Two seeds of one recipe end about ±0.01 apart on lal's fixed validation windows
+#: (benchmarks/README.md), and published figures such as nanoGPT's 1.4697 were measured on other,
+#: randomly drawn windows: a run that stops 0.02 above them has not shown that it is worse.
+TARGET_MARGIN = 0.02
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training steps timed on their own (no evaluation, no checkpoint), and what they make of the hardware."""
+
+    steps: int
+    step_s: float
+    tokens_per_step: int
+    flops_per_token: float
+    peak_tflops: float
+    peak_source: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_s
+
+    @property
+    def mfu(self) -> float:
+        return self.tokens_per_s * self.flops_per_token / (self.peak_tflops * 1e12)
+
+
+def measure_training_throughput(
+    model: GPT,
+    cfg: TrainConfig,
+    train_data: torch.Tensor,
+    val_data: torch.Tensor,
+    steps: int = MIN_TIMED_STEPS,
+    warmup_steps: int = 3,
+) -> Throughput:
+    """Time ``steps`` optimiser steps of a fresh copy of ``model`` with ``cfg`` on the run's own data.
+
+    The steps are exactly :func:`lal.train.train`'s (same batches, precision, accumulation, clipping,
+    fused AdamW), without the evaluations and checkpoint writes a whole run also pays for, so the
+    figure is what the hardware does per training step; ``model`` itself is not touched.
+    """
+    if steps < MIN_TIMED_STEPS:
+        raise ValueError(f"Time at least {MIN_TIMED_STEPS} steps (got steps={steps}): fewer read the start-up "
+                         "costs of the first steps as if they were the run's speed.")
+    timed_cfg = dataclasses.replace(cfg, out_dir=None, progress=False, save_checkpoints=False, max_steps=10**9)
+    trainer = Trainer(GPT(model.config), train_data, val_data, timed_cfg)
+    step_s = time_train_steps(trainer, steps, warmup_steps)
+    block_size = cfg.block_size or model.config.block_size
+    precision = precision_name(trainer.device, cfg.precision)
+    peak, source = peak_tflops(trainer.device, precision)
+    world_size = trainer.dist.world_size
+    return Throughput(steps=steps, step_s=step_s,
+                      tokens_per_step=cfg.batch_size * cfg.grad_accum_steps * world_size * block_size,
+                      flops_per_token=model.flops_per_token(block_size), peak_tflops=peak, peak_source=source)
+
+
+def format_duration(seconds: float) -> str:
+    """``41 s``, ``2 min 41 s``, ``1 h 05 min``: a run's time as a person says it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def run_verdict(history: History, target: float, margin: float = TARGET_MARGIN) -> str:
+    """One line on whether a run reached ``target``, and what to try when it did not.
+
+    A run that misses a target by bad luck (another seed, other validation windows) is not an
+    error: it gets a line that says so, never an exception. ``margin`` is :data:`TARGET_MARGIN`.
+    """
+    if not history.step:
+        return "no evaluation was recorded: the run stopped before its first step"
+    for step, loss, elapsed in zip(history.step, history.val_loss, history.elapsed_s):
+        if loss <= target:
+            return f"reached {target:g} at step {step:,} in {format_duration(elapsed)}"
+    best, steps = history.best_val_loss, history.step[-1]
+    stopped = f"stopped at {best:.3f} after {steps:,} steps"
+    if best <= target + margin:
+        return (f"{stopped}: {best - target:.3f} above {target:g}, inside the ±{margin:g} that runs move from seed to "
+                f"seed; run it again with another seed (seed=1) or {steps // 5:,} more steps "
+                f"(max_steps={steps + steps // 5:,})")
+    return (f"{stopped}: {best - target:.3f} above {target:g}; see what to try: twice the steps "
+            f"(max_steps={2 * steps:,}), a learning rate 2× lower if the curve is noisy or rose, or a larger "
+            "batch with gradient accumulation if the plan had to shrink it")
+
+
+# --------------------------------------------------------------------------- what a run costs on other hardware
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """A run's throughput and time on a card it has not run on: FLOPs per token, the card's peak and an MFU."""
+
+    card: str
+    precision: str
+    peak_tflops: float
+    mfu: float
+    tokens_per_s: float
+    tokens: int
+    seconds: float
+
+
+def flops_per_token_of(config: GPTConfig, context_length: int | None = None) -> float:
+    """:meth:`lal.model.GPT.flops_per_token` of ``GPT(config)``, built once per config (the caller's random
+    state is left as it was)."""
+    return _flops_per_token(tuple(sorted(dataclasses.asdict(config).items())), context_length)
+
+
+@functools.lru_cache(maxsize=16)
+def _flops_per_token(config_items: tuple[tuple[str, Any], ...], context_length: int | None) -> float:
+    with torch.random.fork_rng():
+        return GPT(GPTConfig(**dict(config_items))).flops_per_token(context_length)
+
+
+def mfu_of(tokens_per_s: float, config: GPTConfig, peak_tflops: float, context_length: int | None = None) -> float:
+    """The MFU a throughput means for ``config`` on a ``peak_tflops`` card (lal's FLOPs per token)."""
+    return tokens_per_s * flops_per_token_of(config, context_length) / (peak_tflops * 1e12)
+
+
+def estimate_run(config: GPTConfig, tokens: int, card: str, precision: str, mfu: float,
+                 context_length: int | None = None) -> RunEstimate:
+    """How long ``tokens`` training tokens of ``config`` take on ``card`` at an assumed ``mfu``.
+
+    The peak is the datasheet figure of :func:`table_peak_tflops`; evaluations are not counted.
+    """
+    known = table_peak_tflops(card, precision)
+    if known is None:
+        raise ValueError(f"No datasheet peak for {card!r} in {precision}: lal.bench.GPU_PEAK_TFLOPS lists the cards.")
+    peak = known[0]
+    tokens_per_s = mfu * peak * 1e12 / flops_per_token_of(config, context_length)
+    return RunEstimate(card=card, precision=precision, peak_tflops=peak, mfu=mfu, tokens_per_s=tokens_per_s,
+                       tokens=tokens, seconds=tokens / tokens_per_s)
+
+
+#: nanoGPT's published run of this recipe (its README): 5,000 steps of 64 windows × 256 characters,
+#: best validation loss 1.4697, "about 3 minutes" on one A100, evaluations included.
+NANOGPT_A100_RUN = dict(steps=5000, batch_size=64, block_size=256, seconds=180.0, card="NVIDIA A100", precision="bf16")
+
+
+def nanogpt_a100_mfu(config: GPTConfig) -> float:
+    """The MFU nanoGPT's own A100 run of ``config`` reached, from its published steps, batch and time."""
+    run = NANOGPT_A100_RUN
+    tokens_per_s = run["steps"] * run["batch_size"] * run["block_size"] / run["seconds"]
+    return mfu_of(tokens_per_s, config, table_peak_tflops(run["card"], run["precision"])[0], run["block_size"])
+
+
+def expectation_rows(config: GPTConfig) -> list[RunEstimate]:
+    """Chapter 8's GPU run (``config`` for nanoGPT's 5,000 × 64 × 256 tokens) on Colab's T4 and an H200.
+
+    Estimated, not measured: both assume the MFU nanoGPT's own A100 run reached (:func:`nanogpt_a100_mfu`).
+    The T4 computes in fp16 with a gradient scaler (it has no bf16), the H200 in bf16.
+    """
+    run = NANOGPT_A100_RUN
+    tokens = run["steps"] * run["batch_size"] * run["block_size"]
+    mfu = nanogpt_a100_mfu(config)
+    return [estimate_run(config, tokens, "Tesla T4", "fp16", mfu, run["block_size"]),
+            estimate_run(config, tokens, "NVIDIA H200", "bf16", mfu, run["block_size"])]
+
+
+def _two_digits(value: float) -> float:
+    """``value`` rounded to two significant digits: 94,815 → 95,000."""
+    return float(f"{value:.2g}")
+
+
+def expectation_markdown(config: GPTConfig) -> str:
+    """The estimated rows of chapter 8's "what to expect" table (and INSTRUCTORS.md's), as markdown lines.
+
+    Columns: card | precision | time to 1.47 | tokens/s | MFU | where the figures come from.
+    """
+    lines = []
+    for row in expectation_rows(config):
+        how = "fp16 with a gradient scaler" if row.precision == "fp16" else "bf16 autocast"
+        seconds, tokens_per_s = _two_digits(row.seconds), _two_digits(row.tokens_per_s)  # estimates: no more
+        lines.append(f"| {row.card} | {how} | ≈ {format_duration(seconds)} | ≈ {tokens_per_s:,.0f} | "
+                     f"{format_mfu(row.mfu)} (assumed) | *estimated from the FLOP count and the card's peak* "
+                     f"({row.peak_tflops:g} TFLOP/s) |")
+    return "\n".join(lines)

@@ -513,36 +513,35 @@ def mixed_precision_step() -> Figure:
     computes several times faster, while the weights, their gradients and AdamW's state stay in
     float32, so the many tiny updates of a long run are not rounded away. bf16 has float32's range,
     so nothing else changes. fp16 (the T4 and V100, which have no bf16) has a narrow range: small
-    gradients would underflow to zero, so the loss is multiplied by a scale before ``backward()``,
+    gradients would underflow to zero in the backward pass, so the loss is multiplied by a scale
+    *before* ``backward()`` (every gradient is then that many times larger while it is computed),
     the gradients are divided by it before clipping, and a step whose gradients overflowed is skipped.
+    The step is drawn in that order: forward, loss, scale, backward, unscale, AdamW.
     """
     fig, ax = canvas(19.2, 6.4, "A mixed-precision training step")
-    top, bottom = 4.5, 1.6
-    size = dict(width=2.7, height=1.1)
-    weights = box(ax, 1.6, top, "weights", kind="param", sublabel="float32", **size)
-    cast = box(ax, 5.1, top, "autocast", kind="op", sublabel="bf16 copies", **size)
-    passes = box(ax, 8.6, top, "forward + backward", kind="data", sublabel="matmuls in bf16", width=3.2,
-                 height=1.1)
-    grads = box(ax, 12.3, top, "gradients", kind="optim", sublabel="float32, one per weight", width=3.2,
+    top, bottom = 4.5, 1.9
+    weights = box(ax, 1.6, top, "weights", kind="param", sublabel="float32", width=2.7, height=1.1)
+    cast = box(ax, 5.0, top, "autocast", kind="op", sublabel="bf16 copies", width=2.7, height=1.1)
+    forward = box(ax, 8.6, top, "forward", kind="data", sublabel="matmuls in bf16", width=3.2, height=1.1)
+    loss = box(ax, 12.2, top, "loss", kind="loss", sublabel="float32", width=2.6, height=1.1)
+    scale = box(ax, 16.0, top, "loss × scale", kind="loss", sublabel="scaler.scale(loss)", width=3.4, height=1.1)
+    backward = box(ax, 16.0, bottom, "backward", kind="data", sublabel="matmuls in bf16", width=3.4, height=1.1)
+    grads = box(ax, 12.2, bottom, "gradients", kind="optim", sublabel="float32, one per weight", width=3.4,
                 height=1.1)
-    step = box(ax, 16.3, top, "AdamW step", kind="optim", sublabel="float32 state m, v", width=3.2, height=1.1)
+    unscale = box(ax, 8.6, bottom, "÷ scale, check", kind="optim", sublabel="scaler.unscale_(opt)", width=3.2,
+                  height=1.1)
+    step = box(ax, 3.6, bottom, "AdamW step", kind="optim", sublabel="float32 state m, v", width=3.0, height=1.1)
     arrow(ax, weights.right, cast.left)
-    arrow(ax, cast.right, passes.left)
-    arrow(ax, passes.right, grads.left)
-    arrow(ax, grads.right, step.left)
-    arrow(ax, step.top, weights.top, "updated in float32: small steps are not rounded away", curve=0.12,
-          dashed=True, label_side="above")
-    scale = box(ax, 8.6, bottom, "loss × scale", kind="loss", sublabel="scaler.scale(loss)", width=3.2,
-                height=1.1)
-    unscale = box(ax, 12.3, bottom, "÷ scale, check", kind="optim", sublabel="scaler.unscale_(opt)",
-                  width=3.2, height=1.1)
-    skip = box(ax, 16.3, bottom, "step or skip", kind="op", sublabel="skip if inf / NaN", width=3.2, height=1.1)
-    arrow(ax, passes.bottom, scale.top, "fp16 only", label_side="left", dashed=True)
-    arrow(ax, scale.right, unscale.left, dashed=True)
-    arrow(ax, unscale.right, skip.left, dashed=True)
-    arrow(ax, skip.top, step.bottom, dashed=True)
-    note(ax, 0.3, 2.2, "bf16 (A100, H100, L4, RTX 30+):\nfloat32's range, no scaling.")
-    note(ax, 0.3, 0.9, "fp16 (T4, V100): tiny gradients\nunderflow, so scale the loss.")
+    arrow(ax, cast.right, forward.left)
+    arrow(ax, forward.right, loss.left)
+    arrow(ax, loss.right, scale.left, dashed=True)
+    arrow(ax, scale.bottom, backward.top, "fp16 only: scaled before backward()", label_side="left", dashed=True)
+    arrow(ax, backward.left, grads.right)
+    arrow(ax, grads.left, unscale.right, dashed=True)
+    arrow(ax, unscale.left, step.right, "skip if inf / NaN", label_side="above", dashed=True)
+    arrow(ax, step.top, weights.bottom, "updated in float32: small steps are not rounded away", label_side="right")
+    note(ax, 0.3, 0.55, "dashed: fp16 only (T4, V100), where tiny gradients would underflow to 0 in backward().\n"
+         "bf16 (A100, H100, L4, RTX 30+) has float32's range: the scaler is off and the step goes straight on.")
     return fig
 
 

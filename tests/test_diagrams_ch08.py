@@ -39,3 +39,11 @@ def test_data_parallel_draws_one_row_per_rank_and_one_all_reduce(n_ranks) -> Non
 def test_data_parallel_needs_two_ranks() -> None:
     with pytest.raises(ValueError, match="at least 2 ranks"):
         diagrams.data_parallel(1)
+
+
+def test_mixed_precision_scales_the_loss_before_backward_and_unscales_before_the_step() -> None:
+    texts = diagrams.figure_texts(diagrams.mixed_precision_step())
+    flow = [t for t in texts if t in ("forward", "loss", "loss × scale", "backward", "gradients", "÷ scale, check",
+                                      "AdamW step")]
+    assert flow == ["forward", "loss", "loss × scale", "backward", "gradients", "÷ scale, check", "AdamW step"]
+    assert "fp16 only: scaled before backward()" in texts

@@ -12,7 +12,7 @@ from lal.checks.ch04 import check_count_llama_parameters, check_layer_norm, chec
 from lal.checks.ch05 import check_adamw_step, check_clip_grad_norm, check_should_stop, check_wsd_lr
 from lal.checks.ch06 import check_min_p_filter, check_repetition_penalty, check_sequence_logprob
 from lal.checks.ch07 import check_pad_and_collate, check_sft_targets
-from lal.checks.ch08 import check_gpt2_to_lal, check_mfu, check_training_memory
+from lal.checks.ch08 import check_accumulated_gradients, check_generation_mfu, check_training_memory
 
 __all__ = [
     # chapter 1: next-token prediction
@@ -46,6 +46,6 @@ __all__ = [
     "check_pad_and_collate",
     # chapter 8: the full run
     "check_training_memory",
-    "check_mfu",
-    "check_gpt2_to_lal",
+    "check_generation_mfu",
+    "check_accumulated_gradients",
 ]

@@ -1,5 +1,7 @@
 """Chapter 8's classic mistakes: every function here must fail its check with the message its mistake deserves."""
 
+import math
+
 import torch
 
 from lal.model import GPT, expected_parameters
@@ -7,200 +9,246 @@ from lal.plan import estimate_memory
 
 # --------------------------------------------------------------------------- training_memory
 
-
-def _n(config):
-    return expected_parameters(config)["total"]
+STATES = {"adamw": 2, "sgd-momentum": 1, "sgd": 0}
 
 
-def _parts(weights, gradients, optimizer):
-    return {"weights": weights, "gradients": gradients, "optimizer": optimizer,
-            "total": weights + gradients + optimizer}
+def _memory(config, dtype, optimizer, shards, *, states=None, shard_all=False, shard_state=True, extra=0, size=None):
+    n = expected_parameters(config)["total"] + extra
+    size = torch.empty((), dtype=dtype).element_size() if size is None else size
+    states = STATES[optimizer] if states is None else states
+    weights = (math.ceil(n / shards) if shard_all else n) * size
+    optimizer_bytes = states * (math.ceil(n / shards) if shard_state else n) * size
+    return {"weights": weights, "gradients": weights, "optimizer": optimizer_bytes,
+            "total": 2 * weights + optimizer_bytes}
 
 
-def four_bytes_always(config, dtype):
+def adam_for_every_optimizer(config, dtype, optimizer, shards):
+    """Counts AdamW's two moments whatever the optimiser."""
+    return _memory(config, dtype, optimizer, shards, states=2)
+
+
+def one_adam_moment(config, dtype, optimizer, shards):
+    """One running average per parameter for every optimiser that keeps state."""
+    return _memory(config, dtype, optimizer, shards, states=min(STATES[optimizer], 1))
+
+
+def momentum_for_plain_sgd(config, dtype, optimizer, shards):
+    """Gives plain SGD a momentum buffer."""
+    return _memory(config, dtype, optimizer, shards, states=max(STATES[optimizer], 1))
+
+
+def shards_everything(config, dtype, optimizer, shards):
+    """Divides weights and gradients by the number of GPUs too (that is ZeRO stage 3, not 1)."""
+    return _memory(config, dtype, optimizer, shards, shard_all=True)
+
+
+def ignores_shards(config, dtype, optimizer, shards):
+    """Every GPU keeps all the optimiser state."""
+    return _memory(config, dtype, optimizer, shards, shard_state=False)
+
+
+def four_bytes_always(config, dtype, optimizer, shards):
     """Assumes float32 whatever the dtype."""
-    n = _n(config)
-    return _parts(4 * n, 4 * n, 8 * n)
+    return _memory(config, dtype, optimizer, shards, size=4)
 
 
-def one_adam_moment(config, dtype):
-    """Forgets that AdamW keeps two running averages per parameter."""
-    size = torch.empty((), dtype=dtype).element_size()
-    n = _n(config)
-    return _parts(n * size, n * size, n * size)
-
-
-def head_counted_twice(config, dtype):
+def head_counted_twice(config, dtype, optimizer, shards):
     """Counts the tied output head as a second vocab_size × n_embd matrix."""
-    size = torch.empty((), dtype=dtype).element_size()
-    n = _n(config) + config.vocab_size * config.n_embd
-    return _parts(n * size, n * size, 2 * n * size)
+    return _memory(config, dtype, optimizer, shards, extra=config.vocab_size * config.n_embd)
 
 
-def megabytes(config, dtype):
+def megabytes(config, dtype, optimizer, shards):
     """Returns MiB instead of bytes."""
-    size = torch.empty((), dtype=dtype).element_size()
-    n = _n(config) * size / 2**20
-    return _parts(n, n, 2 * n)
+    return {part: value / 2**20 for part, value in _memory(config, dtype, optimizer, shards).items()}
 
 
-def no_gradients(config, dtype):
+def no_gradients(config, dtype, optimizer, shards):
     """Forgets that backward() stores a gradient per parameter."""
-    size = torch.empty((), dtype=dtype).element_size()
-    n = _n(config)
-    return _parts(n * size, 0, 2 * n * size)
+    parts = _memory(config, dtype, optimizer, shards)
+    return {**parts, "gradients": 0, "total": parts["total"] - parts["gradients"]}
 
 
-def builds_the_model(config, dtype):
+def builds_the_model(config, dtype, optimizer, shards):
     """Builds the model to count its parameters: the memory the exercise asks to predict."""
-    n = GPT(config).num_parameters()
-    size = torch.empty((), dtype=dtype).element_size()
-    return _parts(n * size, n * size, 2 * n * size)
+    GPT(config)
+    return _memory(config, dtype, optimizer, shards)
 
 
-def asks_the_plan(config, dtype):
+def asks_the_plan(config, dtype, optimizer, shards):
     """Takes the answer from the plan's own estimate (lal.plan.estimate_memory)."""
     estimate = estimate_memory(config, 1, 1, "fp32")
-    return _parts(estimate.weights, estimate.gradients, estimate.optimizer)
+    return {"weights": estimate.weights, "gradients": estimate.gradients, "optimizer": estimate.optimizer,
+            "total": estimate.weights + estimate.gradients + estimate.optimizer}
 
 
-# --------------------------------------------------------------------------- mfu
+# --------------------------------------------------------------------------- generation_mfu
 
 
-def _mfu(tokens_per_second, config, peak_flops, context_length=None, *, per_param=6, attention=12,
-         with_wpe=False, layers=True, use_block_size=False):
-    T = config.block_size if use_block_size or context_length is None else context_length
+def _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, *, per_param=2, attention=4, offset=1,
+         with_wpe=False, layers=True, full_context=False):
     n = expected_parameters(config)["total"] - (0 if with_wpe else config.block_size * config.n_embd)
-    flops = per_param * n + attention * (config.n_layer if layers else 1) * config.n_embd * T
+    positions = range(prompt_length, prompt_length + new_tokens)
+    keys = sum(config.block_size if full_context else t + offset for t in positions) / new_tokens
+    flops = per_param * n + attention * (config.n_layer if layers else 1) * config.n_embd * keys
     return tokens_per_second * flops / peak_flops
 
 
-def forward_only(tokens_per_second, config, peak_flops, context_length=None):
-    """2 FLOPs per parameter: forgets the backward pass."""
-    return _mfu(tokens_per_second, config, peak_flops, context_length, per_param=2, attention=4)
+def training_flops(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """The chapter's training count 6N + 12LCT for a forward-only generation step."""
+    n = expected_parameters(config)["total"] - config.block_size * config.n_embd
+    return tokens_per_second * (6 * n + 12 * config.n_layer * config.n_embd * config.block_size) / peak_flops
 
 
-def no_attention_flops(tokens_per_second, config, peak_flops, context_length=None):
-    """6N only: forgets q·kᵀ and the weighted sum of v."""
-    return _mfu(tokens_per_second, config, peak_flops, context_length, attention=0)
+def six_per_parameter(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """Keeps the backward pass's 6 FLOPs per parameter."""
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, per_param=6)
 
 
-def counts_position_table(tokens_per_second, config, peak_flops, context_length=None):
+def training_attention(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """12·C per attended position: forward and backward."""
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, attention=12)
+
+
+def full_context_always(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """Every token attends to block_size positions, as if the cache were full."""
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, full_context=True)
+
+
+def off_by_one(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """The token at position t attends to t positions (forgets itself)."""
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, offset=0)
+
+
+def no_attention(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """2N only."""
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, attention=0)
+
+
+def counts_position_table(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
     """Counts the position embeddings as matmul parameters."""
-    return _mfu(tokens_per_second, config, peak_flops, context_length, with_wpe=True)
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, with_wpe=True)
 
 
-def percent(tokens_per_second, config, peak_flops, context_length=None):
+def one_layer_of_attention(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """4·C·(t + 1) once instead of once per layer."""
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens, layers=False)
+
+
+def last_token_only(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
+    """Uses the last new token's context for all of them."""
+    return _mfu(tokens_per_second, config, peak_flops, prompt_length + new_tokens - 1, 1)
+
+
+def percent(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
     """Returns a percentage instead of a fraction."""
-    return 100 * _mfu(tokens_per_second, config, peak_flops, context_length)
+    return 100 * _mfu(tokens_per_second, config, peak_flops, prompt_length, new_tokens)
 
 
-def ignores_context_length(tokens_per_second, config, peak_flops, context_length=None):
-    """Uses config.block_size even when the run used a shorter context."""
-    return _mfu(tokens_per_second, config, peak_flops, context_length, use_block_size=True)
-
-
-def attention_for_one_layer(tokens_per_second, config, peak_flops, context_length=None):
-    """12·C·T once instead of once per layer."""
-    return _mfu(tokens_per_second, config, peak_flops, context_length, layers=False)
-
-
-def uses_the_model(tokens_per_second, config, peak_flops, context_length=None):
+def uses_the_model(tokens_per_second, config, peak_flops, prompt_length, new_tokens):
     """Builds the model to call its flops_per_token."""
-    return tokens_per_second * GPT(config).flops_per_token(context_length) / peak_flops
+    return tokens_per_second * GPT(config).flops_per_token() / 3 / peak_flops
 
 
-# --------------------------------------------------------------------------- gpt2_to_lal
-
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# --------------------------------------------------------------------------- accumulated_gradients
 
 
-def _convert(state, *, transpose=CONV1D, prefix="transformer.", keep_masks=False, head=True):
-    out = {}
-    for name, tensor in state.items():
-        if name.endswith(".attn.bias") and not keep_masks:
-            continue
-        out[prefix + name] = tensor.t() if name.endswith(transpose) else tensor
-    if head:
-        out["lm_head.weight"] = out[prefix + "wte.weight"]
-    return out
+def _grads(model):
+    return {name: param.grad for name, param in model.named_parameters()}
 
 
-def no_transpose(state):
-    """Copies Conv1D weights as they are: (in, out) where nn.Linear wants (out, in)."""
-    return _convert(state, transpose=())
+def _slices(x, y, k):
+    size = x.shape[0] // k
+    return [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]) for i in range(k)]
 
 
-def transposes_only_non_square(state):
-    """Transposes when the shape does not fit, so the square attn.c_proj loads untransposed."""
-    out = _convert(state, transpose=("attn.c_attn.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"))
-    return out
+def sums_the_losses(model, x, y, micro_batches):
+    """backward() on each micro-batch's mean loss, not divided by their number."""
+    model.zero_grad()
+    for xb, yb in _slices(x, y, micro_batches):
+        model(xb, yb)[1].backward()
+    return _grads(model)
 
 
-def keeps_mask_buffers(state):
-    """Copies the h.N.attn.bias causal masks as if they were weights."""
-    return _convert(state, keep_masks=True)
+def zero_grad_inside_the_loop(model, x, y, micro_batches):
+    """Resets .grad before every micro-batch: only the last one is left."""
+    for xb, yb in _slices(x, y, micro_batches):
+        model.zero_grad()
+        (model(xb, yb)[1] / micro_batches).backward()
+    return _grads(model)
 
 
-def no_prefix(state):
-    """Keeps GPT-2's names: lal's start with 'transformer.'."""
-    return _convert(state, prefix="")
+def divides_by_windows_too(model, x, y, micro_batches):
+    """Divides each mean loss by the windows of the micro-batch as well."""
+    model.zero_grad()
+    for xb, yb in _slices(x, y, micro_batches):
+        (model(xb, yb)[1] / micro_batches / xb.shape[0]).backward()
+    return _grads(model)
 
 
-def no_head(state):
-    """Forgets lm_head.weight, the tied head."""
-    return _convert(state, head=False)
+def keeps_stale_gradients(model, x, y, micro_batches):
+    """Never zeroes .grad: an earlier step's gradients are added in."""
+    for xb, yb in _slices(x, y, micro_batches):
+        (model(xb, yb)[1] / micro_batches).backward()
+    return _grads(model)
 
 
-def transposes_in_place(state):
-    """Pops the masks out of the caller's dict."""
-    for name in [n for n in state if n.endswith(".attn.bias")]:
-        state.pop(name)
-    return _convert(state)
+def whole_batch_at_once(model, x, y, micro_batches):
+    """Runs the model on the whole batch: right gradients, but not accumulation."""
+    model.zero_grad()
+    model(x, y)[1].backward()
+    return _grads(model)
 
 
-def calls_the_library(state):
-    """Calls lal's own converter."""
-    from lal.model import GPTConfig
-    from lal.pretrained import convert_gpt2_state_dict
-
-    config = GPTConfig(vocab_size=state["wte.weight"].shape[0], block_size=state["wpe.weight"].shape[0],
-                       n_layer=sum(1 for n in state if n.endswith("ln_1.weight")), n_head=1,
-                       n_embd=state["wte.weight"].shape[1])
-    return convert_gpt2_state_dict(state, config)
+def overwrites_with_autograd_grad(model, x, y, micro_batches):
+    """torch.autograd.grad per micro-batch, each result overwriting the previous one."""
+    params = dict(model.named_parameters())
+    grads = {}
+    for xb, yb in _slices(x, y, micro_batches):
+        values = torch.autograd.grad(model(xb, yb)[1], list(params.values()))
+        grads = dict(zip(params, values))
+    return grads
 
 
 #: What each failure must say (a regular expression searched in the check's message).
 MATCH = {
+    adam_for_every_optimizer: r"SGD with momentum keeps one number per parameter",
+    one_adam_moment: r"AdamW keeps two numbers per parameter",
+    momentum_for_plain_sgd: r"plain SGD \(momentum=0\) keeps no state",
+    shards_everything: r"the optimiser state is sharded, not the weights",
+    ignores_shards: r"divide the optimiser state by shards",
     four_bytes_always: r"4 bytes per number",
-    one_adam_moment: r"two numbers per parameter",
     head_counted_twice: r"tied to the token embedding",
     megabytes: r"return bytes, not megabytes",
     no_gradients: r"one gradient per parameter",
     builds_the_model: r"calls lal's GPT .*does not allow",
     asks_the_plan: r"calls lal.plan.estimate_memory.*does not allow",
-    forward_only: r"forward pass only",
-    no_attention_flops: r"attention term .* is missing",
-    counts_position_table: r"position table",
+    training_flops: r"you counted a training step",
+    six_per_parameter: r"no backward pass, so 2",
+    training_attention: r"not 12·C: that is forward \+ backward",
+    full_context_always: r"not to a full block_size context",
+    off_by_one: r"the t before it and itself",
+    no_attention: r"attention term is missing",
+    counts_position_table: r"position table takes part in no matmul",
+    one_layer_of_attention: r"multiply by n_layer",
+    last_token_only: r"not only the last one's",
     percent: r"percentage",
-    ignores_context_length: r"context_length",
-    attention_for_one_layer: r"multiply by n_layer",
     uses_the_model: r"calls lal's GPT .*does not allow",
-    no_transpose: r"Conv1D layers store the transpose",
-    transposes_only_non_square: r"square matrix .* loads untransposed",
-    keeps_mask_buffers: r"causal-mask buffers",
-    no_prefix: r"start with 'transformer.'",
-    no_head: r"lm_head.weight",
-    transposes_in_place: r"changed the dict it was given",
-    calls_the_library: r"calls lal.pretrained's loader.*does not allow",
+    sums_the_losses: r"without dividing",
+    zero_grad_inside_the_loop: r"reset between micro-batches",
+    divides_by_windows_too: r"divided each loss by the windows per micro-batch",
+    keeps_stale_gradients: r"start with model.zero_grad\(\)",
+    whole_batch_at_once: r"the whole batch never goes through the model at once",
+    overwrites_with_autograd_grad: r"only the last micro-batch's gradient is left, at full size",
 }
 
 BROKEN = {
-    "check_training_memory": [four_bytes_always, one_adam_moment, head_counted_twice, megabytes, no_gradients,
+    "check_training_memory": [adam_for_every_optimizer, one_adam_moment, momentum_for_plain_sgd, shards_everything,
+                              ignores_shards, four_bytes_always, head_counted_twice, megabytes, no_gradients,
                               builds_the_model, asks_the_plan],
-    "check_mfu": [forward_only, no_attention_flops, counts_position_table, percent, ignores_context_length,
-                  attention_for_one_layer, uses_the_model],
-    "check_gpt2_to_lal": [no_transpose, transposes_only_non_square, keeps_mask_buffers, no_prefix, no_head,
-                          transposes_in_place, calls_the_library],
+    "check_generation_mfu": [training_flops, six_per_parameter, training_attention, full_context_always, off_by_one,
+                             no_attention, counts_position_table, one_layer_of_attention, last_token_only, percent,
+                             uses_the_model],
+    "check_accumulated_gradients": [sums_the_losses, zero_grad_inside_the_loop, divides_by_windows_too,
+                                    keeps_stale_gradients, whole_batch_at_once, overwrites_with_autograd_grad],
 }
 BROKEN = {check: [(function, MATCH[function]) for function in functions] for check, functions in BROKEN.items()}
