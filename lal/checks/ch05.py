@@ -13,13 +13,14 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 import lal.train
-from lal.checks.common import Forbidden, Mistakes, call, compare, expect_close, expect_tensor, passed
+from lal.checks.common import Forbidden, Mistakes, call, compare, expect_close, expect_tensor, first_mistake, passed
 
 # --------------------------------------------------------------------------- Exercise 5.1: clip_grad_norm
 
@@ -158,11 +159,11 @@ def check_clip_grad_norm(candidate: Callable[[list[torch.Tensor], float], Any]) 
             )
         if _same_tensors(list(clipped), expected_clipped, atol=1e-7, rtol=rtol):
             continue
-        hints = [message for message, wrong in _clip_mistakes(grads, max_norm)
-                 if not _same_tensors(wrong, expected_clipped, atol=1e-7, rtol=rtol)
-                 and _same_tensors(list(clipped), wrong, atol=1e-7, rtol=rtol)]
-        if hints:
-            raise AssertionError(f"`clip_grad_norm` is wrong on {what}. {hints[0]}")
+        mistake = first_mistake(list(clipped), _clip_mistakes(grads, max_norm),
+                                lambda answer, wrong: not _same_tensors(wrong, expected_clipped, atol=1e-7, rtol=rtol)
+                                and _same_tensors(answer, wrong, atol=1e-7, rtol=rtol))
+        if mistake is not None:
+            raise AssertionError(f"`clip_grad_norm` is wrong on {what}. {mistake}")
         if "exactly 5" in what:
             raise AssertionError(
                 f"`clip_grad_norm` is wrong on {what}. Compare the factor max_norm / (total_norm + 1e-6) with 1 "
@@ -256,11 +257,12 @@ def check_wsd_lr(candidate: Callable[..., float]) -> None:
         wrong = [s for s in steps if not math.isclose(got[s], expected[s], rel_tol=1e-9, abs_tol=1e-12)]
         if not wrong:
             continue
-        for index, (message, _) in enumerate(_wsd_mistakes(0, **cfg)):
-            mistaken = [_wsd_mistakes(step, **cfg)[index][1] for step in steps]
-            if mistaken != expected and all(math.isclose(g, m, rel_tol=1e-9, abs_tol=1e-12)
-                                            for g, m in zip(got, mistaken)):
-                raise AssertionError(f"`wsd_lr` is wrong with {cfg}. {message}")
+        schedules = ((message, [_wsd_mistakes(step, **cfg)[index][1] for step in steps])
+                     for index, (message, _) in enumerate(_wsd_mistakes(0, **cfg)))
+        mistake = first_mistake(got, schedules, lambda answer, mistaken: mistaken != expected and all(
+            math.isclose(g, m, rel_tol=1e-9, abs_tol=1e-12) for g, m in zip(answer, mistaken)))
+        if mistake is not None:
+            raise AssertionError(f"`wsd_lr` is wrong with {cfg}. {mistake}")
         step = wrong[0]
         raise AssertionError(
             f"`wsd_lr` is wrong with {cfg}: at step {step} ({_phase(step, cfg)}) it returned {got[step]:.6g}, "
@@ -565,13 +567,13 @@ def check_should_stop(candidate: Callable[..., bool]) -> None:
         return
     first = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
     what, losses, patience, min_delta = cases[first]
-    for message, mistake in _STOP_MISTAKES:
-        mistaken = [mistake(l, p, d) for _, l, p, d in cases]
-        if mistaken == answers:
-            raise AssertionError(
-                f"should_stop({losses}, patience={patience}, min_delta={min_delta}) returned {answers[first]}, "
-                f"expected {expected[first]} ({what}). {message}"
-            )
+    outcomes = ((message, [mistake(l, p, d) for _, l, p, d in cases]) for message, mistake in _STOP_MISTAKES)
+    message = first_mistake(answers, outcomes, operator.eq)
+    if message is not None:
+        raise AssertionError(
+            f"should_stop({losses}, patience={patience}, min_delta={min_delta}) returned {answers[first]}, "
+            f"expected {expected[first]} ({what}). {message}"
+        )
     raise AssertionError(
         f"should_stop({losses}, patience={patience}, min_delta={min_delta}) returned {answers[first]}, expected "
         f"{expected[first]} ({what}). A loss improves when it is below the reference (the loss of the last "
