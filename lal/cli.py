@@ -93,6 +93,18 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
 
 
+#: The array libraries lal trains and samples with: PyTorch (the reference) and Apple's MLX (lal.mlx).
+BACKENDS = ("torch", "mlx")
+
+
+def _add_backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help='torch, or mlx: the same model in Apple\'s MLX (fast on a Mac; pip install "lal[mlx]"). '
+        "Both read and write the same checkpoints",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lal",
@@ -121,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None,
                        help="model size, see `lal presets` (default: char-tiny; with --resume, the checkpoint's)")
     train.add_argument("--out", type=Path, required=True, help="folder for metrics and checkpoints")
-    train.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    train.add_argument("--max-steps", type=int, default=None,
+                       help="optimizer steps (default: the preset's); a run shorter than ten times the preset's "
+                       "warmup warms up for a tenth of its steps")
     train.add_argument("--target-val-loss", type=finite_float, default=None, help="stop once validation loss reaches this")
     train.add_argument("--batch-size", type=int, default=None, help="windows per step (default: the preset's)")
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
@@ -145,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true",
                        help="print the plan (memory per step, the batch that fits, time from a few timed steps) and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backend_option(train)
 
     generate = commands.add_parser(
         "generate",
@@ -164,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     _add_sampling_options(generate)
+    _add_backend_option(generate)
 
     sft = commands.add_parser(
         "sft",
@@ -250,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: bf16 where native, fp16 + gradient scaler on older GPUs, fp32 on CPU/MPS")
     bench.add_argument("--compile", action="store_true", help="torch.compile the model first")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_backend_option(bench)
 
     commands.add_parser(
         "presets",
@@ -271,6 +288,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lal.plan import out_of_memory_advice, plan_run
     from lal.train import default_train_config, train
 
+    if args.backend == "mlx":
+        _check_mlx_options(args)
     preset = args.preset or "char-tiny"
     cfg = default_train_config(preset)
     overrides = dict(
@@ -288,6 +307,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None:
             setattr(cfg, name, value)
+    preset_warmup = cfg.warmup_steps
+    cfg.warmup_steps = _warmup_for_run(cfg)
     cfg.compile = cfg.compile or args.compile
     cfg.precision = args.precision
     cfg.out_dir = str(args.out)
@@ -317,15 +338,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(
         f"Training {preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {data.description}: "
         f"{len(data.train):,} training and {len(data.val):,} validation tokens, "
-        f"{data.tokenizer.name} tokenizer with {data.tokenizer.vocab_size} tokens."
+        f"{data.tokenizer.name} tokenizer with {_vocabulary_text(data.tokenizer)}."
     )
     if args.dry_run:
         say(plan_run(model, cfg, train_data=data.train, val_data=data.val).summary())
         finish_distributed()
         return 0
-    say(_schedule_text(cfg, context.world_size, model.config.block_size))
+    say(_schedule_text(cfg, context.world_size, model.config.block_size, preset_warmup))
     try:
-        history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
+        if args.backend == "mlx":  # the same initial weights (the seed's), trained by MLX
+            from lal.mlx import from_torch
+            from lal.mlx.train import train as train_mlx
+
+            history = train_mlx(from_torch(model), data.train, data.val, cfg, tokenizer=data.tokenizer)
+        else:
+            history = train(model, data.train, data.val, cfg, tokenizer=data.tokenizer, resume=args.resume)
     except torch.OutOfMemoryError:
         raise ValueError(out_of_memory_advice(cfg, cfg.block_size or model.config.block_size, cfg.device)) from None
     if context.is_main:
@@ -337,6 +364,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     finish_distributed()
     return 0
+
+
+def _check_mlx_options(args: argparse.Namespace) -> None:
+    """With --backend mlx: MLX must import, and options only the PyTorch backend has are refused."""
+    from lal.mlx import require_mlx
+
+    require_mlx()
+    refused = [flag for flag, used in (("--resume", getattr(args, "resume", False)),
+                                       ("--dry-run", getattr(args, "dry_run", False)),
+                                       (f"--precision {args.precision}", args.precision not in ("auto", "fp32")))
+               if used]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} needs --backend torch; the MLX backend trains new runs in float32.")
 
 
 #: What a training folder holds; a folder with any of these holds an earlier run.
@@ -398,14 +438,42 @@ def _silent(*_args: object, **_kwargs: object) -> None:
     """print() for the processes of a distributed run other than rank 0: they say nothing."""
 
 
-def _schedule_text(cfg, world_size: int, model_block_size: int) -> str:
+def _vocabulary_text(tokenizer) -> str:
+    """"68 tokens (65 characters + 3 special tokens)": the count the model sees, and what it is made of.
+
+    The tokenizers of `lal train` register the chat tokens `lal sft` needs from the start, so the
+    count is a few more than the text's characters (the 65 of TinyShakespeare the docs quote).
+    """
+    special = len(tokenizer.special_tokens)
+    if not special:
+        return f"{tokenizer.vocab_size} tokens"
+    ordinary = "characters" if tokenizer.name == "char" else "text tokens"
+    return f"{tokenizer.vocab_size} tokens ({tokenizer.vocab_size - special} {ordinary} + {special} special tokens)"
+
+
+#: The largest share of a run its warmup may take: a preset's warmup is shortened to this in runs
+#: that --max-steps makes short (100 warmup steps in a 20-step run would end it at a fifth of the
+#: peak learning rate, with no decay at all). The presets' own runs warm up for 7-10 %.
+MAX_WARMUP_FRACTION = 0.1
+
+
+def _warmup_for_run(cfg) -> int:
+    """The preset's warmup, or a tenth of the decay when that is shorter (at least one step)."""
+    return min(cfg.warmup_steps, max(1, int(cfg.decay_steps * MAX_WARMUP_FRACTION)))
+
+
+def _schedule_text(cfg, world_size: int, model_block_size: int, preset_warmup: int | None = None) -> str:
     block_size = cfg.block_size or model_block_size
     global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
+    shortened = (
+        f" (the preset's {preset_warmup}, shortened to a tenth of this run)"
+        if preset_warmup is not None and preset_warmup != cfg.warmup_steps else ""
+    )
     return (
         f"Global batch {global_batch} windows × {block_size} tokens = {global_batch * block_size:,} tokens per step "
         f"({cfg.batch_size} per micro-batch × {cfg.grad_accum_steps} accumulation × {world_size} process(es)); "
-        f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps, then cosine to {cfg.min_lr:g} "
-        f"at step {cfg.decay_steps}; {cfg.max_steps} steps."
+        f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps{shortened}, then cosine to "
+        f"{cfg.min_lr:g} at step {cfg.decay_steps}; {cfg.max_steps} steps."
     )
 
 
@@ -423,6 +491,8 @@ def _write_model_card(args: argparse.Namespace, cfg, history, data, world_size: 
     info = DataInfo.from_file(data.description, path, len(data.train), len(data.val))
     hardware = device_name(device) + (f" × {world_size} processes" if world_size > 1 else "")
     precision = precision_name(device, cfg.precision) + (", torch.compile" if cfg.compile else "")
+    if args.backend == "mlx":
+        hardware, precision = f"{hardware}, MLX backend", "fp32" + (", mx.compile" if cfg.compile else "")
     return write_model_card(args.out, best.model, best.tokenizer, cfg, history, info, preset=args.preset or "char-tiny",
                             hardware=hardware, precision=precision, world_size=world_size)
 
@@ -433,21 +503,44 @@ def _print_stream(piece: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from lal.checkpoint import load_checkpoint
+
+    if args.backend == "mlx":
+        from lal.mlx import require_mlx
+
+        require_mlx()
     from lal.device import pick_device
     from lal.sample import generate_text
 
     if args.gpt2 is not None:
         from lal.pretrained import load_gpt2
 
-        model, tokenizer = load_gpt2(args.gpt2, device=pick_device(args.device))
+        model, tokenizer = load_gpt2(args.gpt2, device=pick_device(args.device) if args.backend == "torch" else "cpu")
     else:
-        checkpoint = load_checkpoint(args.ckpt, device=pick_device(args.device))
+        checkpoint = load_checkpoint(args.ckpt, device=pick_device(args.device) if args.backend == "torch" else "cpu")
         model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    if args.backend == "mlx":
+        return _generate_mlx(args, model, tokenizer)
     print(args.prompt, end="", flush=True)
     generate_text(
         model, tokenizer, args.prompt, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream_to=_print_stream,
     )
+    print()
+    return 0
+
+
+def _generate_mlx(args: argparse.Namespace, model, tokenizer) -> int:
+    """``lal generate --backend mlx``: the loaded weights converted to MLX, sampled by lal.mlx."""
+    import mlx.core as mx
+
+    from lal.mlx import from_torch, generate_text
+    from lal.mlx.train import mlx_device
+
+    mx.set_default_device(mlx_device(args.device))
+    mlx_model = from_torch(model)
+    print(args.prompt, end="", flush=True)
+    generate_text(mlx_model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream_to=_print_stream)
     print()
     return 0
 
@@ -546,6 +639,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from lal.bench import benchmark
 
     vocab_size = args.vocab_size or (65 if args.preset.startswith("char") else 50257)
+    if args.backend == "mlx":
+        _check_mlx_options(args)
+        from lal.mlx.bench import benchmark as benchmark_mlx
+
+        result = benchmark_mlx(args.preset, vocab_size=vocab_size, batch_size=args.batch_size,
+                               block_size=args.block_size, steps=args.steps, device=args.device, compile=args.compile)
+        print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+        return 0
     result = benchmark(
         args.preset, vocab_size=vocab_size, batch_size=args.batch_size, block_size=args.block_size,
         steps=args.steps, device=args.device, compile=args.compile, precision=args.precision,

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 
 import pytest
@@ -16,6 +15,7 @@ from lal.course import CHAPTER5_RUN, QUICK_RUN, REUSE_VARIABLE, RUNS_VARIABLE, l
 from lal.model import GPT, GPTConfig
 from lal.tokenizers import CharTokenizer
 from lal.train import BEST_CHECKPOINT, TrainConfig
+from word_corpus import char_corpus, word_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.py)
 
@@ -30,12 +30,7 @@ def runs(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def corpus() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    rng = random.Random(0)
-    text = " ".join(rng.choice(["to", "be", "or", "not", "that", "is"]) for _ in range(2000))
-    tokenizer = CharTokenizer.from_text(text)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    split = int(0.9 * len(ids))
-    return tokenizer, ids[:split], ids[split:]
+    return char_corpus(word_text(2000, seed=0, words=("to", "be", "or", "not", "that", "is")))
 
 
 def tiny_model(vocab_size: int, seed: int) -> GPT:

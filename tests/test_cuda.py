@@ -3,7 +3,6 @@ attention, fused AdamW, torch.compile, and no host-device synchronisation inside
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -14,18 +13,14 @@ from lal.device import autocast, native_bf16, precision_name
 from lal.model import GPT, GPTConfig
 from lal.tokenizers import CharTokenizer
 from lal.train import TrainConfig, Trainer, estimate_loss, train
+from word_corpus import char_corpus, word_text
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "death", "now"]
 
 
 @pytest.fixture(scope="module")
 def corpus() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    rng = random.Random(2)
-    text = " ".join(rng.choice(WORDS) for _ in range(4000))
-    tokenizer = CharTokenizer.from_text(text)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    return tokenizer, ids[:18000], ids[18000:]
+    return char_corpus(word_text(4000, seed=2), n_train=18000)
 
 
 def small_model(vocab_size: int, **overrides) -> GPT:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lal.cli import main
+from word_corpus import WORDS, word_text
 
 ROOT = Path(__file__).resolve().parent.parent
-WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "death", "now", "my", "lord"]
 TRAIN_ARGS = ["--tokenizer", "char", "--preset", "char-tiny", "--block-size", "32", "--eval-interval", "10",
               "--device", "cpu", "--seed", "5", "--quiet"]
 GLOBAL_BATCH = 16
@@ -22,9 +21,8 @@ GLOBAL_BATCH = 16
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory) -> Path:
-    rng = random.Random(0)
     path = tmp_path_factory.mktemp("text") / "words.txt"
-    path.write_text(" ".join(rng.choice(WORDS) for _ in range(4000)) + "\n", encoding="utf-8")
+    path.write_text(word_text(4000, seed=0, words=(*WORDS, "my", "lord")) + "\n", encoding="utf-8")
     return path
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -13,18 +12,14 @@ from lal.checkpoint import load_checkpoint
 from lal.model import GPT, GPTConfig
 from lal.tokenizers import CharTokenizer
 from lal.train import TrainConfig, Trainer, estimate_loss, train
+from word_corpus import char_corpus, word_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "death", "now"]
 
 
 @pytest.fixture(scope="module")
 def corpus() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    rng = random.Random(1)
-    text = " ".join(rng.choice(WORDS) for _ in range(3000))
-    tokenizer = CharTokenizer.from_text(text)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    return tokenizer, ids[:12000], ids[12000:]
+    return char_corpus(word_text(3000, seed=1), n_train=12000)
 
 
 def fp16_config(**overrides) -> TrainConfig:

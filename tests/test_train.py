@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -26,26 +25,14 @@ from lal.train import (
     make_optimizer,
     train,
 )
-
-WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "death", "now"]
-
+from word_corpus import char_corpus, word_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest.py)
 
 
-def make_text(n_words: int = 3000, seed: int = 0) -> str:
-    """Random words from a small list: learnable spelling, unpredictable word order."""
-    rng = random.Random(seed)
-    return " ".join(rng.choice(WORDS) for _ in range(n_words)) + "\n"
-
-
 @pytest.fixture(scope="module")
 def corpus() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    text = make_text()
-    tokenizer = CharTokenizer.from_text(text)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    split = int(0.9 * len(ids))
-    return tokenizer, ids[:split], ids[split:]
+    return char_corpus(word_text(3000, seed=0) + "\n")
 
 
 def tiny_model(vocab_size: int, seed: int = 0, **overrides) -> GPT:

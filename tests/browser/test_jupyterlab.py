@@ -10,6 +10,10 @@ cells through the menu, and asserts that
   as "Error displaying widget";
 * moving a slider redraws the figure below it.
 
+It also serves a copy of the repository's layout from its root, as ``make lab`` does, and checks
+that a chapter's link to its exercises opens the exercise notebook (JupyterLab refuses a path
+outside the folder it serves, so a server started in ``notebooks/`` answers that link with a 404).
+
 Run it with ``make test-browser``: it needs Playwright (``pip install -e ".[browser]"``) and a
 Chromium (the system's package: ``apt-get install chromium``; Playwright's own browser download is
 not always reachable), found on PATH or through ``LAL_CHROMIUM``.
@@ -242,4 +246,37 @@ def test_run_all_in_jupyterlab_and_turn_the_widgets(lab, browser, notebook: Path
         while time.monotonic() < deadline and _figure_source(widget) == before:
             time.sleep(0.5)
         assert _figure_source(widget) != before, f"moving the slider of code cell {index + 1} did not redraw its figure"
+    page.close()
+
+
+#: The chapter whose exercises link is followed: the one ``make lab`` opens.
+LINKED_CHAPTER = ROOT / "notebooks" / "01_next_token_prediction.ipynb"
+
+
+def test_a_chapters_exercises_link_opens_the_exercise_notebook(lab, browser) -> None:
+    base, token, folder = lab
+    exercise = ROOT / "exercises" / LINKED_CHAPTER.name
+    for source in (LINKED_CHAPTER, exercise):  # the repository's layout: notebooks/ beside exercises/
+        (folder / source.parent.name).mkdir(exist_ok=True)
+        shutil.copy(source, folder / source.parent.name / source.name)
+    first_heading = next(line for cell in json.loads(exercise.read_text(encoding="utf-8"))["cells"]
+                         if cell["cell_type"] == "markdown" for line in "".join(cell["source"]).splitlines()
+                         if line.startswith("# "))[2:]  # "Chapter 1 exercises"
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{base}/lab/tree/notebooks/{LINKED_CHAPTER.name}?reset&token={token}")
+    _wait_for_kernel(page)
+    # JupyterLab rewrites a relative href to a server URL, so the link is found by its text.
+    link = page.locator(f"{SHOWN_NOTEBOOK} .jp-RenderedMarkdown a", has_text=f"exercises/{exercise.name}").first
+    expect(link).to_be_attached(timeout=90_000)
+    link.scroll_into_view_if_needed()
+    link.click()
+
+    # The exercise notebook is now the notebook on show, with its stubs, and no error dialog.
+    exercise_heading = page.locator(f"{SHOWN_NOTEBOOK} .jp-RenderedMarkdown h1", has_text=first_heading)
+    expect(exercise_heading.first).to_be_visible(timeout=60_000)
+    expect(page.locator(f"{SHOWN_NOTEBOOK} .jp-Notebook")).to_contain_text("NotImplementedError")
+    expect(page.locator(".jp-Dialog")).to_have_count(0)
+    current_tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current").first
+    assert f"exercises/{exercise.name}" in (current_tab.get_attribute("title") or ""), current_tab.get_attribute("title")
     page.close()
