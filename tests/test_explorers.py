@@ -30,3 +30,12 @@ def test_attention_explorer_carries_a_png_of_its_first_figure() -> None:
 def test_sampling_explorer_carries_a_png_of_its_first_figure() -> None:
     explorer = lal.viz.sampling_explorer(torch.linspace(-2.0, 2.0, 30), [f"t{i}" for i in range(30)], k=10)
     assert _bundle_png(explorer).startswith(PNG_SIGNATURE)
+
+
+def test_sampling_explorer_previews_other_settings_for_static_viewers() -> None:
+    logits = torch.linspace(-2.0, 2.0, 30)
+    settings = [dict(temperature=0.0), dict(temperature=2.0, top_p=0.5), dict(temperature=0.5), dict(top_k=3)]
+    explorer = lal.viz.sampling_explorer(logits, [f"t{i}" for i in range(30)], k=10, previews=settings)
+    assert [ax.get_title(loc="left").split("  ")[0] for ax in explorer.preview.axes] == [
+        "temperature 0", "temperature 2, top_p 0.5", "temperature 0.5", "top_k 3"]
+    assert _bundle_png(explorer) != _bundle_png(lal.viz.sampling_explorer(logits, [f"t{i}" for i in range(30)], k=10))

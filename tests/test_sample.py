@@ -14,7 +14,10 @@ from lal.sample import (
     _Context,
     _plain_step,
     apply_temperature,
+    NearLoop,
     decode_stream,
+    edit_distance,
+    find_near_loop,
     generate,
     generate_text,
     min_p_filter,
@@ -328,3 +331,46 @@ def test_streamed_text_never_splits_a_multi_byte_character() -> None:
     assert decode_stream(tokenizer, ids, pieces.append) == text
     assert "".join(pieces) == text and not any("\ufffd" in piece for piece in pieces)
     assert any("🙂" in piece for piece in pieces)
+
+
+# --- diagnosing generated text ---------------------------------------------------------------
+
+
+def test_edit_distance_counts_insertions_deletions_and_substitutions() -> None:
+    assert edit_distance(list("kitten"), list("sitting")) == 3  # k→s, e→i, +g
+    assert edit_distance(list("so so soul"), list("so so so soul")) == 3  # one "so " inserted
+    assert edit_distance([], [4, 5]) == 2 and edit_distance([1, 2, 3], [1, 2, 3]) == 0
+    assert edit_distance(list("abcdefgh"), list("zyxwvuts"), limit=2) == 3  # stops early: limit + 1
+    assert edit_distance(list("kitten"), list("sitting"), limit=5) == 3
+
+
+def _chars(text: str) -> list[int]:
+    return [ord(c) for c in text]
+
+
+def test_find_near_loop_reports_an_exact_loop_once_not_its_multiples() -> None:
+    text = _chars("once " + "the cat sat on the mat\n" * 4)  # 5 + 4 × 23 characters
+    assert find_near_loop(text) == NearLoop(period=23, start=5, repeats=4, edits=(0, 0, 0))
+
+
+def test_find_near_loop_forgives_a_changed_character_in_every_repeat() -> None:
+    units = ["abcdefghijklmnopqrs\n", "abcdefghiXklmnopqrs\n", "abcdefghijklmnopqrs\n", "abcdefghijklmnYpqrs\n"]
+    assert find_near_loop(_chars("".join(units)), max_edit_rate=0.0) is None  # not an exact loop
+    assert find_near_loop(_chars("".join(units))) == NearLoop(period=20, start=0, repeats=4, edits=(1, 1, 1))
+
+
+def test_find_near_loop_forgives_a_varying_count_of_a_repeated_word() -> None:
+    text = _chars("".join(f"I will be {'so ' * n}soul.\n" for n in (6, 7, 6)))  # lines of 34, 37, 34 characters
+    # Stretches of 35: [line 1 + "I"], [line 2 without its "I" and its newline], ["\n" + line 3]:
+    # each is 6 edits from the next ("so " in or out, and the line break moved by one stretch).
+    assert find_near_loop(text) == NearLoop(period=35, start=0, repeats=3, edits=(6, 6))
+    assert find_near_loop(text, max_edit_rate=0.1) is None  # 6 edits in 35 is more than a tenth
+
+
+def test_find_near_loop_finds_nothing_in_ordinary_text() -> None:
+    text = _chars("Now is the winter of our discontent made glorious summer by this sun of York; "
+                  "and all the clouds that lour'd upon our house in the deep bosom of the ocean buried.")
+    assert find_near_loop(text) is None
+    assert find_near_loop(_chars("short")) is None
+    with pytest.raises(ValueError, match="min_repeats ≥ 2"):
+        find_near_loop(text, min_repeats=1)

@@ -340,6 +340,18 @@ def test_sampling_filters_panels_equal_the_sampler() -> None:
     _assert_labelled(fig)
 
 
+def test_sampling_settings_draw_one_panel_per_setting_equal_to_the_sampler() -> None:
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1])
+    settings = [dict(temperature=0.0), dict(temperature=2.0, top_p=0.5), dict(temperature=0.5), dict(top_k=2)]
+    fig = viz.plot_sampling_settings(logits, list("abcde"), settings)
+    assert len(fig.axes) == 4
+    for ax, setting in zip(fig.axes, settings):
+        assert _solid_heights(ax) == pytest.approx(next_token_distribution(logits, **setting).tolist(), abs=1e-6)
+    assert fig.axes[0].get_title(loc="left") == "temperature 0  (1 of 5 tokens possible)"
+    assert fig.axes[1].get_title(loc="left") == "temperature 2, top_p 0.5  (2 of 5 tokens possible)"  # 0.40 + 0.24 crosses 0.5
+    _assert_labelled(fig)
+
+
 def test_sampling_filters_keep_the_token_that_crosses_top_p() -> None:
     logits = np.log([0.5, 0.3, 0.2])
     fig = viz.plot_sampling_filters(logits, list("abc"), top_p=0.6)

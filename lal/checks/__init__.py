@@ -10,7 +10,7 @@ from lal.checks.ch02 import check_bpe_encode, check_bpe_merge, check_mean_embedd
 from lal.checks.ch03 import check_cached_attention, check_causal_attention, check_sliding_window_attention
 from lal.checks.ch04 import check_count_llama_parameters, check_layer_norm, check_rms_norm, check_swiglu_mlp
 from lal.checks.ch05 import check_adamw_step, check_clip_grad_norm, check_should_stop, check_wsd_lr
-from lal.checks.ch06 import check_min_p_filter, check_repetition_penalty, check_sequence_logprob
+from lal.checks.ch06 import check_cached_greedy, check_min_p_filter, check_repetition_penalty, check_sequence_logprob
 from lal.checks.ch07 import check_pad_and_collate, check_sft_targets
 from lal.checks.ch08 import check_accumulated_gradients, check_generation_mfu, check_training_memory
 
@@ -41,6 +41,7 @@ __all__ = [
     "check_min_p_filter",
     "check_repetition_penalty",
     "check_sequence_logprob",
+    "check_cached_greedy",
     # chapter 7: supervised fine-tuning
     "check_sft_targets",
     "check_pad_and_collate",

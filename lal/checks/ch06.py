@@ -1,4 +1,5 @@
-"""Checks for chapter 6's exercises: the min-p filter, the repetition penalty, a text's log-probability.
+"""Checks for chapter 6's exercises: the min-p filter, the repetition penalty, a text's log-probability,
+and greedy generation through a KV cache of the whole model kept by hand.
 
 Each check runs the learner's function on ordinary and edge cases (batched rows, negative logits,
 ties at a threshold, repeated ids, a one-token text) and compares it with the reference in
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from lal.checks.common import Forbidden, Mistakes, call, compare, expect_tensor, expect_unchanged, first_mistake, passed
-from lal.sample import min_p_filter, repetition_penalty, sequence_logprob
+from lal.model import GPT, Block, CausalSelfAttention, GPTConfig, KVCache
+from lal.sample import generate, min_p_filter, repetition_penalty, sequence_logprob, stream
 
 
 def _rule_no_reference(function: Callable[..., Any]) -> Forbidden:
@@ -266,4 +268,164 @@ def check_sequence_logprob(candidate: Callable[[torch.Tensor, torch.Tensor], flo
                                 lambda answer, wrong: math.isclose(answer, wrong, rel_tol=1e-5, abs_tol=1e-4))
         message = message or f"`{name}` is wrong on {what}."
         raise AssertionError(f"{message}\n(On {what}: expected {expected:.4f}, got {value:.4f}.)")
+    passed(name, len(cases))
+
+
+# --------------------------------------------------------------------------- Exercise 6.4: a whole-model KV cache
+
+_CACHE_RULES = [
+    Forbidden(
+        what="the model's own forward pass (model(ids), a block or an attention module called whole)",
+        why="the exercise is to run each layer's parts yourself, with keys and values you keep, and the "
+        "check compares you with the plain forward pass",
+        python_functions=(GPT.forward, GPT._forward, Block.forward, CausalSelfAttention.forward),
+    ),
+    Forbidden(
+        what="lal's KV cache (model.new_kv_cache / lal.model.KVCache)",
+        why="the exercise is to keep the keys and values of every layer yourself",
+        python_functions=(GPT.new_kv_cache, KVCache),
+    ),
+    Forbidden(
+        what="lal.sample's generation (generate / stream)",
+        why="the exercise is to write the generation loop yourself",
+        python_functions=(generate, stream),
+    ),
+]
+
+
+def _cache_test_model(seed: int, **shape: int) -> GPT:
+    """A random GPT with large weights, so its greedy choices change from token to token (with GPT-2's
+    small initial weights every mistake would write the same single repeated token)."""
+    with torch.random.fork_rng():  # the learner's global RNG does not move
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(**shape))
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dim() >= 2:
+                    param.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def _cache_cases() -> list[tuple[str, GPT, list[int], int]]:
+    small = _cache_test_model(64, vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    wide = _cache_test_model(65, vocab_size=23, block_size=24, n_layer=3, n_head=4, n_embd=32)
+    no_bias = _cache_test_model(66, vocab_size=17, block_size=20, n_layer=2, n_head=2, n_embd=24, bias=False)
+    return [
+        ("a 1-token prompt and 12 new tokens (2 layers, 2 heads)", small, [3], 12),
+        ("a 5-token prompt and 8 new tokens (2 layers, 2 heads)", small, [1, 7, 7, 2, 9], 8),
+        ("a 4-token prompt filled to the whole context of 24 (3 layers, 4 heads)", wide, [5, 0, 22, 13], 20),
+        ("one new token after a 6-token prompt (3 layers, 4 heads)", wide, [2, 4, 6, 8, 10, 12], 1),
+        ("a 3-token prompt and 15 new tokens (no biases)", no_bias, [16, 0, 8], 15),
+    ]
+
+
+@torch.no_grad()
+def _greedy_by_hand(model: GPT, prompt: list[int], n_new: int, *, positions: str = "right", scale: bool = True,
+                    keys_seen: str = "all", final_norm: bool = True) -> list[int]:
+    """Greedy tokens through a hand-kept cache, one position at a time, with one ingredient replaceable to
+    reproduce a classic mistake: ``positions`` "right" / "zero" (every token at position 0 after the
+    prompt) / "next" (one too far); ``keys_seen`` "all" / "first" (a square causal mask on one query) /
+    "self" (the cache never read); ``scale`` the 1/√D; ``final_norm`` the last LayerNorm."""
+    h, config = model.transformer, model.config
+    H, D, C = config.n_head, config.head_dim, config.n_embd
+    keys: list[torch.Tensor | None] = [None] * config.n_layer  # per layer: (1, H, t, D)
+    values: list[torch.Tensor | None] = [None] * config.n_layer
+    sequence, new_ids = list(prompt), []
+    for t in range(len(prompt) + n_new - 1):
+        position = t if positions == "right" or t < len(prompt) else (0 if positions == "zero" else t + 1)
+        x = h.wte(torch.tensor([[sequence[t]]])) + h.wpe(torch.tensor([min(position, config.block_size - 1)]))
+        for layer, block in enumerate(h.h):
+            q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=-1)  # each (1, 1, C)
+            q, k, v = (z.view(1, 1, H, D).transpose(1, 2) for z in (q, k, v))  # (1, H, 1, D)
+            keys[layer] = k if keys[layer] is None else torch.cat([keys[layer], k], dim=2)  # (1, H, t + 1, D)
+            values[layer] = v if values[layer] is None else torch.cat([values[layer], v], dim=2)
+            seen = {"all": slice(None), "first": slice(0, 1), "self": slice(-1, None)}[keys_seen]
+            K, V = keys[layer][:, :, seen], values[layer][:, :, seen]
+            scores = q @ K.transpose(-2, -1) / (math.sqrt(D) if scale else 1.0)  # (1, H, 1, t + 1)
+            y = (F.softmax(scores, dim=-1) @ V).transpose(1, 2).reshape(1, 1, C)
+            x = x + block.attn.c_proj(y)
+            x = x + block.mlp(block.ln_2(x))
+        logits = model.lm_head(h.ln_f(x) if final_norm else x)[0, -1]  # (V,)
+        if t >= len(prompt) - 1:
+            new_ids.append(int(logits.argmax()))
+            sequence.append(new_ids[-1])
+    return new_ids
+
+
+def _cache_mistakes(model: GPT, prompt: list[int], n_new: int):  # noqa: ANN202 (a generator of (message, ids))
+    yield ("Every new token went in at position 0: the position of the token you feed is the number of tokens "
+           "before it (the cache's length), not its index in the one-token input. wpe(torch.arange(1)) is "
+           "position 0 every time.", _greedy_by_hand(model, prompt, n_new, positions="zero"))
+    yield ("Every new token went in one position too far: the token at index t of the sequence has position t "
+           "(the first token is at 0), so the token you feed after t cached ones is at position t.",
+           _greedy_by_hand(model, prompt, n_new, positions="next"))
+    yield ("The new token's query saw only the first cached key: a square causal mask (torch.tril, or "
+           "is_causal=True) on one query and t keys keeps key 0 alone. The newest query may see every key in "
+           "the cache: it needs no mask at all.", _greedy_by_hand(model, prompt, n_new, keys_seen="first"))
+    yield ("The new token attended only to itself: the keys and values you stored were never used. Concatenate "
+           "the new key and value to the cache of that layer, then attend over all of them.",
+           _greedy_by_hand(model, prompt, n_new, keys_seen="self"))
+    yield ("Your tokens are those of attention without the 1/√D scaling: divide q @ kᵀ by math.sqrt(head_dim).",
+           _greedy_by_hand(model, prompt, n_new, scale=False))
+    yield ("You skipped the final LayerNorm: the logits are lm_head(ln_f(x)), as in the model's forward pass.",
+           _greedy_by_hand(model, prompt, n_new, final_norm=False))
+
+
+def _as_ids(value: Any, name: str, n_new: int, prompt: list[int]) -> list[int]:
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, numbers.Integral) for i in value):
+        raise AssertionError(f"`{name}` should return a list of token ids (Python ints), got {type(value).__name__}.")
+    value = [int(i) for i in value]
+    if len(value) == len(prompt) + n_new and value[: len(prompt)] == prompt:
+        raise AssertionError(f"`{name}` returned the prompt followed by the new tokens: return the {n_new} new ids only.")
+    if len(value) != n_new:
+        raise AssertionError(f"`{name}` returned {len(value)} ids for n_new = {n_new}: return exactly n_new new ids.")
+    return value
+
+
+class _PositionCounter:
+    """Counts the positions every call of the first layer's ``c_attn`` computes (a forward hook)."""
+
+    def __init__(self, model: GPT) -> None:
+        self.rows = 0
+        self.handle = model.transformer.h[0].attn.c_attn.register_forward_hook(self._count)
+
+    def _count(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.rows += output.shape[-2] * (output.shape[0] if output.dim() == 3 else 1)
+
+
+def check_cached_greedy(candidate: Callable[[GPT, list[int], int], list[int]]) -> None:
+    """Exercise 6.4: greedy tokens with a hand-kept KV cache of every layer, equal to the plain path."""
+    name = "cached_greedy"
+    cases = _cache_cases()
+    for what, model, prompt, n_new in cases:
+        expected = generate(model, prompt, n_new, temperature=0, use_kv_cache=False)
+        counter = _PositionCounter(model)
+        try:
+            result = call(candidate, name, model, list(prompt), n_new, forbidden=_CACHE_RULES,
+                          hint="Run the parts in the order of the chapter's one-layer cache (section 8).")
+        finally:
+            counter.handle.remove()
+        ids = _as_ids(result, name, n_new, prompt)
+        needed = len(prompt) + n_new - 1
+        if ids != expected:
+            message = first_mistake(ids, _cache_mistakes(model, prompt, n_new), lambda answer, wrong: answer == wrong)
+            first_wrong = next(i for i, (a, b) in enumerate(zip(ids, expected)) if a != b)
+            raise AssertionError(
+                f"{message or f'`{name}` does not write the tokens of the plain path.'}\n(On {what}: the plain path "
+                f"writes {expected}, you wrote {ids}; the first difference is new token {first_wrong}.)"
+            )
+        if counter.rows == 0:
+            raise AssertionError(
+                f"`{name}` wrote the right tokens but never called the first layer's `attn.c_attn`: call the model's "
+                "modules (block.ln_1, block.attn.c_attn, ...) as the chapter did, so the check can count the positions "
+                "you compute."
+            )
+        if counter.rows > needed + 1:
+            raise AssertionError(
+                f"`{name}` computed {counter.rows} positions in the first layer on {what}; with a cache it needs "
+                f"{needed} (the prompt once, then one per new token). After the prompt, feed only the newest token "
+                "and take the keys and values of the earlier ones from your cache, instead of recomputing the window."
+            )
     passed(name, len(cases))

@@ -41,6 +41,7 @@ from lal.viz.sampling import (
     SamplingExplorer,
     plot_next_token_distribution,
     plot_sampling_filters,
+    plot_sampling_settings,
     sampling_explorer,
 )
 from lal.viz.theme import (
@@ -71,6 +72,7 @@ __all__ = [
     "plot_embeddings_2d",
     "plot_next_token_distribution",
     "plot_sampling_filters",
+    "plot_sampling_settings",
     "plot_parameter_counts",
     "plot_grad_norms",
     "LiveLossPlot",

@@ -45,8 +45,9 @@ class _Explorer(widgets.VBox):
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         widget_repr = getattr(super(), "_repr_mimebundle_", None)  # ipywidgets 7 displays another way
         bundle = dict(widget_repr(**kwargs) or {}) if widget_repr is not None else {}
-        if self.figure is not None:
+        static = getattr(self, "preview", None) or self.figure  # what a viewer without a kernel shows
+        if static is not None:
             buffer = io.BytesIO()
-            self.figure.savefig(buffer, format="png", bbox_inches="tight")
+            static.savefig(buffer, format="png", bbox_inches="tight")
             bundle["image/png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
         return bundle

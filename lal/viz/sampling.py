@@ -3,7 +3,7 @@ with an explorer whose sliders move them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -155,6 +155,54 @@ def plot_sampling_filters(
     return fig
 
 
+@_styled
+def plot_sampling_settings(
+    logits: Any,
+    labels: Sequence[str] | TokenizerLike,
+    settings: Sequence[Mapping[str, Any]],
+    *,
+    k: int = 20,
+    title: str | None = None,
+) -> Figure:
+    """What the sampler draws from under each of several ``settings``, one panel per setting.
+
+    Each setting is a dict of :func:`lal.sample.next_token_distribution`'s knobs
+    (``temperature``, ``top_k``, ``top_p``). The panels share the x axis of
+    :func:`plot_sampling_filters` (the ``k`` most likely tokens before any filter) and draw the
+    model's own distribution as grey outlines, so each shows how far its setting moves it.
+    """
+    logits = _vector(logits, "logits")
+    _check_label_count(labels, logits.size, "tokens")
+    if not settings:
+        raise ValueError("settings is empty; pass a list of dicts such as [dict(temperature=0.5), dict(top_k=5)].")
+    logits_tensor = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    model_probs = next_token_distribution(logits_tensor).numpy()
+    shown = np.argsort(-model_probs, kind="stable")[:k]
+    positions = np.arange(len(shown))
+    n_cols = 2 if len(settings) > 1 else 1
+    n_rows = -(-len(settings) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False,
+                             figsize=(max(7.0, 0.3 * len(shown) + 2.0) * n_cols / 1.4, 2.4 * n_rows + 0.8))
+    for ax, setting in zip(axes.flat, settings):
+        probs = next_token_distribution(logits_tensor, **setting).numpy()
+        ax.bar(positions, model_probs[shown], facecolor="none", edgecolor="0.35", linestyle="--",
+               linewidth=0.9, zorder=3, label="the model (temperature 1)")
+        ax.bar(positions, probs[shown], color=BAR_COLOR, label="this setting")
+        knobs = ", ".join(f"{name} {value:g}" for name, value in setting.items() if value is not None) or "temperature 1"
+        ax.set_title(f"{knobs}  ({int(np.count_nonzero(probs))} of {logits.size} tokens possible)", fontsize=10,
+                     loc="left")
+        _set_bar_labels(ax, _labels_for(labels, shown))
+    for ax in axes.flat[len(settings):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("probability")
+    for ax in axes[-1]:
+        ax.set_xlabel(f"token (the {len(shown)} most likely for the model)")
+    axes.flat[0].legend(loc="upper right", fontsize=9)
+    fig.suptitle(title or "The same distribution under different settings", fontweight="bold")
+    return fig
+
+
 class SamplingExplorer(_Explorer):
     """Sliders for temperature, top-k and top-p above the plot of :func:`plot_sampling_filters`.
 
@@ -163,8 +211,13 @@ class SamplingExplorer(_Explorer):
     """
 
     def __init__(self, logits: Any, labels: Sequence[str] | TokenizerLike, *, k: int = 20,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 previews: Sequence[Mapping[str, Any]] = ()) -> None:
         self.logits = _vector(logits, "logits")
+        # Static viewers see one picture, not the sliders: with ``previews`` it shows those settings side by side.
+        self.preview = plot_sampling_settings(self.logits, labels, previews, k=k) if previews else None
+        if self.preview is not None:
+            plt.close(self.preview)
         _check_label_count(labels, self.logits.size, "tokens")
         self.labels = labels
         self.k = k
@@ -194,6 +247,11 @@ class SamplingExplorer(_Explorer):
         _show_in(self.output, self.figure)
 
 
-def sampling_explorer(logits: Any, labels: Sequence[str] | TokenizerLike, *, k: int = 20) -> SamplingExplorer:
-    """An interactive version of :func:`plot_sampling_filters` for one position's ``logits`` (V,)."""
-    return SamplingExplorer(logits, labels, k=k)
+def sampling_explorer(logits: Any, labels: Sequence[str] | TokenizerLike, *, k: int = 20,
+                      previews: Sequence[Mapping[str, Any]] = ()) -> SamplingExplorer:
+    """An interactive version of :func:`plot_sampling_filters` for one position's ``logits`` (V,).
+
+    ``previews`` (settings dicts, see :func:`plot_sampling_settings`) is what a static viewer
+    (GitHub, a Colab preview) shows in place of the sliders: those settings side by side.
+    """
+    return SamplingExplorer(logits, labels, k=k, previews=previews)

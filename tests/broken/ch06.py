@@ -164,6 +164,100 @@ def no_sum(logits, ids):
     return F.log_softmax(logits[:-1], dim=-1).gather(-1, ids[1:, None]).squeeze(-1)
 
 
+# --------------------------------------------------------------------------- cached_greedy
+
+
+def _greedy_with_bugs(model, prompt_ids, n_new, *, position=None, mask_square=False, only_self=False, scale=True,
+                      final_norm=True, recompute=False):
+    """A hand-kept cache with one bug switched on (the shared body of the broken answers below)."""
+    h, config = model.transformer, model.config
+    H, C = config.n_head, config.n_embd
+    D = C // H
+    keys, values = [torch.empty(1, H, 0, D) for _ in h.h], [torch.empty(1, H, 0, D) for _ in h.h]
+    sequence, new_ids = list(prompt_ids), []
+    with torch.no_grad():
+        for t in range(len(prompt_ids) + n_new - 1):
+            if recompute:  # no cache: the whole sequence so far, every step
+                keys, values = [torch.empty(1, H, 0, D) for _ in h.h], [torch.empty(1, H, 0, D) for _ in h.h]
+                feed = range(t + 1)
+            else:
+                feed = [t]
+            for s in feed:
+                pos = t if position is None or t < len(prompt_ids) else position(t)
+                x = h.wte(torch.tensor([[sequence[s]]])) + h.wpe(torch.tensor([pos if not recompute else s]))
+                for layer, block in enumerate(h.h):
+                    q, k, v = block.attn.c_attn(block.ln_1(x)).split(C, dim=-1)
+                    q, k, v = (z.view(1, 1, H, D).transpose(1, 2) for z in (q, k, v))
+                    keys[layer] = torch.cat([keys[layer], k], dim=2)
+                    values[layer] = torch.cat([values[layer], v], dim=2)
+                    K, V = (k, v) if only_self else (keys[layer], values[layer])
+                    if mask_square:
+                        y = F.scaled_dot_product_attention(q, K, V, is_causal=True)
+                    else:
+                        y = F.softmax(q @ K.transpose(-2, -1) / (D**0.5 if scale else 1.0), dim=-1) @ V
+                    x = x + block.attn.c_proj(y.transpose(1, 2).reshape(1, 1, C))
+                    x = x + block.mlp(block.ln_2(x))
+            if t >= len(prompt_ids) - 1:
+                new_ids.append(int(model.lm_head(h.ln_f(x) if final_norm else x)[0, -1].argmax()))
+                sequence.append(new_ids[-1])
+    return new_ids
+
+
+def new_tokens_at_position_zero(model, prompt_ids, n_new):
+    """wpe(torch.arange(1)) for each fed token: every new token sits at position 0."""
+    return _greedy_with_bugs(model, prompt_ids, n_new, position=lambda t: 0)
+
+
+def one_position_too_far(model, prompt_ids, n_new):
+    """Gives the token after t cached ones position t + 1."""
+    return _greedy_with_bugs(model, prompt_ids, n_new, position=lambda t: min(t + 1, model.config.block_size - 1))
+
+
+def square_mask_on_one_query(model, prompt_ids, n_new):
+    """is_causal=True with one query and t keys: the query sees key 0 only."""
+    return _greedy_with_bugs(model, prompt_ids, n_new, mask_square=True)
+
+
+def cache_never_read(model, prompt_ids, n_new):
+    """Stores keys and values but attends with the new token's own key and value only."""
+    return _greedy_with_bugs(model, prompt_ids, n_new, only_self=True)
+
+
+def no_sqrt_scaling_in_the_step(model, prompt_ids, n_new):
+    """Forgets the 1/√D of the scores."""
+    return _greedy_with_bugs(model, prompt_ids, n_new, scale=False)
+
+
+def skips_ln_f(model, prompt_ids, n_new):
+    """Applies lm_head to the residual stream without the final LayerNorm."""
+    return _greedy_with_bugs(model, prompt_ids, n_new, final_norm=False)
+
+
+def recomputes_the_window(model, prompt_ids, n_new):
+    """Right tokens, no saving: rebuilds every key and value at every step."""
+    return _greedy_with_bugs(model, prompt_ids, n_new, recompute=True)
+
+
+def returns_prompt_and_new_tokens(model, prompt_ids, n_new):
+    """Returns the whole sequence, prompt included."""
+    return list(prompt_ids) + _greedy_with_bugs(model, prompt_ids, n_new)
+
+
+def calls_the_model(model, prompt_ids, n_new):
+    """The plain path through model(ids): no cache of its own."""
+    ids = torch.tensor([list(prompt_ids)])
+    with torch.no_grad():
+        for _ in range(n_new):
+            ids = torch.cat([ids, model(ids)[0][:, -1:].argmax(-1)], dim=1)
+    return ids[0, len(prompt_ids):].tolist()
+
+
+def uses_lal_kv_cache(model, prompt_ids, n_new):
+    """Borrows the model's own KVCache."""
+    cache = model.new_kv_cache()
+    return lal.sample.generate(model, prompt_ids, n_new, temperature=0) if cache is not None else []
+
+
 _FUNCTIONS = {
     "check_min_p_filter": [
         absolute_threshold,
@@ -194,6 +288,18 @@ _FUNCTIONS = {
         uses_cross_entropy,
         no_sum,
     ],
+    "check_cached_greedy": [
+        new_tokens_at_position_zero,
+        one_position_too_far,
+        square_mask_on_one_query,
+        cache_never_read,
+        no_sqrt_scaling_in_the_step,
+        skips_ln_f,
+        recomputes_the_window,
+        returns_prompt_and_new_tokens,
+        calls_the_model,
+        uses_lal_kv_cache,
+    ],
 }
 
 MESSAGES = {
@@ -220,6 +326,16 @@ MESSAGES = {
     negative_log_likelihood: "wrong sign",
     uses_cross_entropy: "calls F.cross_entropy",
     no_sum: "returned a tensor of shape",
+    new_tokens_at_position_zero: "went in at position 0",
+    one_position_too_far: "one position too far",
+    square_mask_on_one_query: "saw only the first cached key",
+    cache_never_read: "attended only to itself",
+    no_sqrt_scaling_in_the_step: "without the 1/√D scaling",
+    skips_ln_f: "skipped the final LayerNorm",
+    recomputes_the_window: "positions in the first layer",
+    returns_prompt_and_new_tokens: "returned the prompt followed by the new tokens",
+    calls_the_model: "calls the model's own forward pass",
+    uses_lal_kv_cache: "calls lal's KV cache",
 }
 
 BROKEN = {
