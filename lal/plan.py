@@ -32,7 +32,7 @@ from lal.bench import device_name, random_token_trainer, synchronize, time_train
 from lal.device import pick_device, precision_name
 from lal.distributed import current_context
 from lal.model import GPT, GPTConfig, expected_parameters
-from lal.train import Trainer, TrainConfig
+from lal.train import Trainer, TrainConfig, out_of_memory_advice
 
 #: Plan to use at most this share of the free memory: allocator fragmentation and temporary
 #: buffers (cuBLAS workspaces, the loss) need the rest.
@@ -233,17 +233,6 @@ def plan_run(
         eval_interval=cfg.eval_interval,
         config=dataclasses.replace(cfg, batch_size=batch_size, grad_accum_steps=grad_accum),
         notes=notes,
-    )
-
-
-def out_of_memory_advice(cfg: TrainConfig, block_size: int, device: torch.device | str | None = None) -> str:
-    """What to say when training runs out of memory: the settings to lower, with values to try."""
-    half = max(cfg.batch_size // 2, 1)
-    accum = cfg.grad_accum_steps * max(cfg.batch_size // half, 1)
-    return (
-        f"Out of {torch.device(device).type if device is not None else 'device'} memory with micro-batches of {cfg.batch_size} windows × {block_size} "
-        f"tokens. Lower --batch-size (e.g. --batch-size {half} --grad-accum-steps {accum} trains the same global "
-        f"batch in less memory), or --block-size, or pick a smaller --preset. `lal train --dry-run` shows what fits."
     )
 
 

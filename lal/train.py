@@ -736,6 +736,17 @@ def _progress_text(row: dict[str, Any], best: float) -> str:
     return f"train {train} | val {row['val_loss']:.3f} (best {best:.3f}) | lr {row['lr']:.1e}"
 
 
+def out_of_memory_advice(cfg: TrainConfig, block_size: int, device: torch.device | str | None = None) -> str:
+    """What to say when training runs out of memory: the settings to lower, with values to try."""
+    half = max(cfg.batch_size // 2, 1)
+    accum = cfg.grad_accum_steps * max(cfg.batch_size // half, 1)
+    return (
+        f"Out of {torch.device(device).type if device is not None else 'device'} memory with micro-batches of {cfg.batch_size} windows × {block_size} "
+        f"tokens. Lower --batch-size (e.g. --batch-size {half} --grad-accum-steps {accum} trains the same global "
+        f"batch in less memory), or --block-size, or pick a smaller --preset. `lal train --dry-run` shows what fits."
+    )
+
+
 def train(
     model: nn.Module,
     train_data: Any,
@@ -766,8 +777,6 @@ def train(
     try:
         return trainer.run(resume)
     except torch.OutOfMemoryError as error:  # say which setting to lower, not only how many bytes were missing
-        from lal.plan import out_of_memory_advice
-
         advice = out_of_memory_advice(trainer.cfg, trainer.block_size, trainer.device)
         raise torch.OutOfMemoryError(f"{advice} ({str(error).splitlines()[0][:200]})") from error
 

@@ -7,8 +7,8 @@ import torch
 
 from lal import plan as lal_plan
 from lal.model import GPT, GPTConfig, expected_parameters
-from lal.plan import estimate_memory, out_of_memory_advice, plan_run
-from lal.train import TrainConfig
+from lal.plan import estimate_memory, plan_run
+from lal.train import TrainConfig, out_of_memory_advice
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32)

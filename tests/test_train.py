@@ -422,3 +422,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, mon
         == [0, 10, 20]
     if reads_are_free:  # caught before the update: the model in memory is still the good one
         torch.testing.assert_close(parameters(model), parameters(last.model), rtol=0, atol=0)
+
+
+def test_out_of_memory_in_training_names_the_settings_to_lower(corpus, monkeypatch) -> None:
+    tokenizer, train_ids, val_ids = corpus
+
+    def out_of_memory(self, resume):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+
+    monkeypatch.setattr(lal_train._Trainer, "run", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        train(tiny_model(tokenizer.vocab_size), train_ids, val_ids, quick_config(batch_size=8, grad_accum_steps=2))
+    assert str(caught.value) == (
+        "Out of cpu memory with micro-batches of 8 windows × 16 tokens. Lower --batch-size (e.g. --batch-size 4 "
+        "--grad-accum-steps 4 trains the same global batch in less memory), or --block-size, or pick a smaller "
+        "--preset. `lal train --dry-run` shows what fits. (CUDA out of memory. Tried to allocate 2.00 GiB)"
+    )

@@ -411,9 +411,9 @@ def test_live_loss_plot_keeps_data_without_a_kernel() -> None:
 
 def test_live_loss_plot_redraws_every_nth_evaluation_in_a_notebook(monkeypatch) -> None:
     shown = []
-    monkeypatch.setattr(viz, "_in_kernel", lambda: True)
-    monkeypatch.setattr(viz, "display", shown.append)
-    monkeypatch.setattr(viz, "clear_output", lambda wait=False: None)
+    monkeypatch.setattr(viz.notebook, "get_ipython", lambda: SimpleNamespace(kernel=object()))  # a kernel runs
+    monkeypatch.setattr(viz.curves, "display", shown.append)
+    monkeypatch.setattr(viz.notebook, "clear_output", lambda wait=False: None)
     live = viz.LiveLossPlot(every=2)
     for step in range(5):
         live.on_eval(step * 10, 3.0 - step * 0.1, 3.1 - step * 0.1)

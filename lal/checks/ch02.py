@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lal.checks.common import Forbidden, call, expect_close, passed, row_lookup_of
+from lal.checks.common import Forbidden, call, expect_close, first_mistake, passed, row_lookup_of
 from lal.tokenizers import BPETokenizer
 from lal.tokenizers import bpe_merge as _reference_merge
 from lal.tokenizers import get_pair_counts as _reference_counts
@@ -137,11 +137,11 @@ def check_bpe_merge(candidate: Callable[[list[int], tuple[int, int], int], list[
                     f"The case: {what}.\nYou replaced the pair in the TEXT of the ids: the digits of 11, 2 "
                     "contain '1, 2' too. Compare the ids themselves, two neighbours at a time."
                 )
-            hints = [message for message, wrong in _merge_mistakes(before, pair, new_id)
-                     if wrong is not None and wrong != expected and result == wrong]
+            hint = first_mistake(result, _merge_mistakes(before, pair, new_id),
+                                 lambda answer, wrong: wrong is not None and wrong != expected and answer == wrong)
             raise AssertionError(
                 f"bpe_merge({before}, {pair}, {new_id}) returned {result}, expected {expected}.\n"
-                f"The case: {what}." + (f"\n{hints[0]}" if hints else "")
+                f"The case: {what}." + (f"\n{hint}" if hint else "")
             )
         if not all(type(token) is int for token in result):
             raise AssertionError(f"`bpe_merge` should return a list of Python ints, got {_short(result)}.")
@@ -254,10 +254,11 @@ def check_bpe_encode(candidate: Callable[[str, Mapping[tuple[int, int], int]], l
         expected = _reference_encode(text, merges)
         if result == expected:
             continue
-        hints = [message for message, wrong in _encode_mistakes(text, merges) if wrong != expected and result == wrong]
+        hint = first_mistake(result, _encode_mistakes(text, merges),
+                             lambda answer, wrong: wrong != expected and answer == wrong)
         raise AssertionError(
             f"bpe_encode({_short(text)}, ...) returned {_short(result)}, expected {_short(expected)}.\n"
-            f"The case: {what}." + (f"\n{hints[0]}" if hints else "")
+            f"The case: {what}." + (f"\n{hint}" if hint else "")
         )
     passed("bpe_encode", len(cases))
 

@@ -1,11 +1,14 @@
-"""Checks for chapter 5's exercises: clipping, a warmup-stable-decay schedule, one AdamW step, early stopping.
+"""Checks for chapter 5's exercises: clipping, a warmup-stable-decay schedule, the AdamW step over
+parameter groups, early stopping, and the experiment that finds where training breaks.
 
 Each check runs the learner's function on ordinary and edge cases and compares it with a reference:
 PyTorch's own ``clip_grad_norm_`` and ``AdamW`` for the two optimiser pieces, and the contracts of
-the exercises (written out below) for the schedule and the stopping rule. When an answer is wrong,
-the check also computes what the classic mistakes give (clipping every time, one norm per tensor,
-L2 instead of decoupled decay, no bias correction, patience counted from the last loss, …) and
-names the one the learner's result matches. All randomness comes from local generators.
+the exercises (written out below) for the schedule, the stopping rule and the divergence rule. When
+an answer is wrong, the check also computes what the classic mistakes give (clipping every time, one
+norm per tensor, L2 instead of decoupled decay, the decay after the update, one step count for the
+whole optimizer, patience counted from the last loss, a NaN that compares False, …) over all its
+cases, and names the one the learner's answers reproduce everywhere. All randomness comes from local
+generators; the experiment's runs are seeded and cached (:func:`divergence_probe`).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import functools
 import inspect
 import math
 import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 import lal.train
-from lal.checks.common import Forbidden, Mistakes, call, compare, expect_close, expect_tensor, passed
+from lal.checks.common import Forbidden, call, expect_tensor, first_mistake, passed
 
 # --------------------------------------------------------------------------- Exercise 5.1: clip_grad_norm
 
@@ -245,11 +249,16 @@ def check_clip_grad_norm(candidate: Callable[..., Any]) -> None:
         return
     what, grads, max_norm, norm_type = cases[wrong[0]]
     all_mistakes = [_clip_mistakes(g, m, p) for _, g, m, p in cases]
-    for index, (message, _) in enumerate(all_mistakes[0]):
-        mistaken = [mistakes[index][1] for mistakes in all_mistakes]
+    outcomes = ((message, [mistakes[index][1] for mistakes in all_mistakes])
+                for index, (message, _) in enumerate(all_mistakes[0]))  # one mistake's answers on every case
+
+    def same(answer: list[list[Any]], mistaken: list[Grads]) -> bool:
         differs = any(not _same_tensors(m, e, **tolerance(c[1])) for m, e, c in zip(mistaken, expected, cases))
-        if differs and all(_same_tensors(a, m, **tolerance(c[1])) for a, m, c in zip(answers, mistaken, cases)):
-            raise AssertionError(f"`clip_grad_norm` is wrong on {what}. {message}")
+        return differs and all(_same_tensors(a, m, **tolerance(c[1])) for a, m, c in zip(answer, mistaken, cases))
+
+    mistake = first_mistake(answers, outcomes, same)
+    if mistake is not None:
+        raise AssertionError(f"`clip_grad_norm` is wrong on {what}. {mistake}")
     raise AssertionError(
         f"`clip_grad_norm` is wrong on {what}: the clipped tensors differ from torch.nn.utils.clip_grad_norm_'s. "
         "Scale every tensor by the same factor max_norm / (total_norm + 1e-6) when it is below 1, and leave "
@@ -342,11 +351,12 @@ def check_wsd_lr(candidate: Callable[..., float]) -> None:
         wrong = [s for s in steps if not math.isclose(got[s], expected[s], rel_tol=1e-9, abs_tol=1e-12)]
         if not wrong:
             continue
-        for index, (message, _) in enumerate(_wsd_mistakes(0, **cfg)):
-            mistaken = [_wsd_mistakes(step, **cfg)[index][1] for step in steps]
-            if mistaken != expected and all(math.isclose(g, m, rel_tol=1e-9, abs_tol=1e-12)
-                                            for g, m in zip(got, mistaken)):
-                raise AssertionError(f"`wsd_lr` is wrong with {cfg}. {message}")
+        schedules = ((message, [_wsd_mistakes(step, **cfg)[index][1] for step in steps])
+                     for index, (message, _) in enumerate(_wsd_mistakes(0, **cfg)))
+        mistake = first_mistake(got, schedules, lambda answer, mistaken: mistaken != expected and all(
+            math.isclose(g, m, rel_tol=1e-9, abs_tol=1e-12) for g, m in zip(answer, mistaken)))
+        if mistake is not None:
+            raise AssertionError(f"`wsd_lr` is wrong with {cfg}. {mistake}")
         step = wrong[0]
         raise AssertionError(
             f"`wsd_lr` is wrong with {cfg}: at step {step} ({_phase(step, cfg)}) it returned {got[step]:.6g}, "
@@ -523,10 +533,11 @@ def check_adamw_update(candidate: Callable[..., Any]) -> None:
     if all(_same_params(a, e) for a, e in zip(path, reference)):
         passed("adamw_update", _ADAMW_STEPS)
         return
-    for mistake, message in _ADAMW_MISTAKES:
-        mistaken = _adamw_mistaken_run(mistake)
-        if all(_same_params(a, m) for a, m in zip(path, mistaken)):
-            raise AssertionError(f"`adamw_update` differs from torch.optim.AdamW. {message}")
+    runs = ((message, _adamw_mistaken_run(mistake)) for mistake, message in _ADAMW_MISTAKES)
+    message = first_mistake(path, runs, lambda answer, mistaken: all(_same_params(a, m)
+                                                                     for a, m in zip(answer, mistaken)))
+    if message is not None:
+        raise AssertionError(f"`adamw_update` differs from torch.optim.AdamW. {message}")
     step = next(i for i, (a, e) in enumerate(zip(path, reference), start=1) if not _same_params(a, e))
     name = next(n for n in reference[step - 1] if not _same_params({n: path[step - 1][n]}, {n: reference[step - 1][n]}))
     raise AssertionError(
@@ -660,13 +671,13 @@ def check_should_stop(candidate: Callable[..., bool]) -> None:
         return
     first = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
     what, losses, patience, min_delta = cases[first]
-    for message, mistake in _STOP_MISTAKES:
-        mistaken = [mistake(l, p, d) for _, l, p, d in cases]
-        if mistaken == answers:
-            raise AssertionError(
-                f"should_stop({losses}, patience={patience}, min_delta={min_delta}) returned {answers[first]}, "
-                f"expected {expected[first]} ({what}). {message}"
-            )
+    outcomes = ((message, [mistake(l, p, d) for _, l, p, d in cases]) for message, mistake in _STOP_MISTAKES)
+    message = first_mistake(answers, outcomes, operator.eq)
+    if message is not None:
+        raise AssertionError(
+            f"should_stop({losses}, patience={patience}, min_delta={min_delta}) returned {answers[first]}, "
+            f"expected {expected[first]} ({what}). {message}"
+        )
     raise AssertionError(
         f"should_stop({losses}, patience={patience}, min_delta={min_delta}) returned {answers[first]}, expected "
         f"{expected[first]} ({what}). A loss improves when it is below the reference (the loss of the last "
@@ -822,10 +833,12 @@ def check_smallest_diverging_lr(candidate: Callable[..., Any]) -> None:
     if answers != expected:
         first = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
         what = _DIVERGENCE_CASES[first][0]
-        for message, mistake in _DIVERGENCE_MISTAKES:
-            if [mistake(curves, lrs) for _, curves, lrs in _DIVERGENCE_CASES] == answers:
-                raise AssertionError(f"`smallest_diverging_lr` returned {answers[first]!r}, expected "
-                                     f"{expected[first]!r} ({what}). {message}")
+        outcomes = ((message, [mistake(curves, lrs) for _, curves, lrs in _DIVERGENCE_CASES])
+                    for message, mistake in _DIVERGENCE_MISTAKES)
+        message = first_mistake(answers, outcomes, operator.eq)
+        if message is not None:
+            raise AssertionError(f"`smallest_diverging_lr` returned {answers[first]!r}, expected "
+                                 f"{expected[first]!r} ({what}). {message}")
         raise AssertionError(
             f"`smallest_diverging_lr` returned {answers[first]!r}, expected {expected[first]!r} ({what}). A run "
             "diverges when one of its losses is not finite or its last loss is above its first; return the "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lal.checks.common import Forbidden, Mistakes, call, compare, expect_tensor, expect_unchanged, passed
+from lal.checks.common import Forbidden, Mistakes, call, compare, expect_tensor, expect_unchanged, first_mistake, passed
 from lal.sample import min_p_filter, repetition_penalty, sequence_logprob
 
 
@@ -95,8 +95,8 @@ def check_min_p_filter(candidate: Callable[[torch.Tensor, float], torch.Tensor])
                 f"`{name}` removed the right tokens on {what} but changed the logits it kept: return the "
                 "input logits unchanged where a token survives (no softmax, no renormalising)."
             )
-        message = next((text for text, mask in _min_p_mistakes(logits, min_p) if torch.equal(removed, mask)),
-                       f"`{name}` removed the wrong tokens.")
+        message = (first_mistake(removed, _min_p_mistakes(logits, min_p), torch.equal)
+                   or f"`{name}` removed the wrong tokens.")
         raise AssertionError(
             f"{message}\n(On {what}: expected to keep {_kept(expected)}, you kept {_kept(result)}.)"
         )
@@ -262,7 +262,8 @@ def check_sequence_logprob(candidate: Callable[[torch.Tensor, torch.Tensor], flo
                 f"`{name}` returned {value:.4g} on {what}. With one token nothing is predicted: the sum over t ≥ 1 "
                 "is empty, so the answer is 0.0."
             )
-        message = next((text for text, wrong in _logprob_mistakes(logits, ids)
-                        if math.isclose(value, wrong, rel_tol=1e-5, abs_tol=1e-4)), f"`{name}` is wrong on {what}.")
+        message = first_mistake(value, _logprob_mistakes(logits, ids),
+                                lambda answer, wrong: math.isclose(answer, wrong, rel_tol=1e-5, abs_tol=1e-4))
+        message = message or f"`{name}` is wrong on {what}."
         raise AssertionError(f"{message}\n(On {what}: expected {expected:.4f}, got {value:.4f}.)")
     passed(name, len(cases))

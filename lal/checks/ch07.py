@@ -10,13 +10,14 @@ learner's output reproduces. All randomness comes from local generators.
 from __future__ import annotations
 
 import copy
+import operator
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from lal.checks.common import Forbidden, call, passed
+from lal.checks.common import Forbidden, call, first_mistake, passed
 from lal.model import IGNORE_INDEX
 from lal.sft import SFTBatches, encode_conversation, encode_example
 
@@ -117,8 +118,7 @@ def check_sft_targets(sft_targets: Callable[[list[int], list[bool]], tuple[list[
             raise AssertionError(f"For {what}, y has {len(y)} entries; it needs {n - 1}, one per input in x.")
         expected = _targets(token_ids, lambda i: trainable[i + 1])
         if y != expected:
-            mistake = next((message for message, value in _sft_targets_mistakes(token_ids, trainable) if y == value),
-                           None)
+            mistake = first_mistake(y, _sft_targets_mistakes(token_ids, trainable), operator.eq)
             first = next(i for i, (got, want) in enumerate(zip(y, expected)) if got != want)
             raise AssertionError(
                 f"For {what}, y[{first}] is {y[first]} but should be {expected[first]}. "
@@ -211,8 +211,8 @@ def check_pad_and_collate(pad_and_collate: Callable[[list[Pair], int], tuple[tor
                 )
         if torch.equal(x, want_x) and torch.equal(y, want_y):
             continue
-        mistake = next((message for message, (mx, my) in _collate_mistakes(examples, pad_id)
-                        if torch.equal(x, mx) and torch.equal(y, my)), None)
+        mistake = first_mistake((x, y), _collate_mistakes(examples, pad_id),
+                                lambda answer, wrong: torch.equal(answer[0], wrong[0]) and torch.equal(answer[1], wrong[1]))
         wrong = "x" if not torch.equal(x, want_x) else "y"
         raise AssertionError(
             f"For {what}, {wrong} is wrong. "

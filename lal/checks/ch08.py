@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lal.checks.common import Forbidden, call, expect_close, passed
+from lal.checks.common import Forbidden, call, expect_close, first_mistake, passed
 from lal.model import GPT, GPTConfig, expected_parameters, preset_config
 from lal.plan import estimate_memory
 from lal.pretrained import convert_gpt2_state_dict, gpt2_state_dict, load_gpt2, load_gpt2_folder
@@ -165,9 +165,9 @@ def check_mfu(mfu: Callable[..., float]) -> None:
         want = tokens_per_s * _flops_per_token(config, T) / peak
         if math.isclose(got, want, rel_tol=1e-6):
             continue
-        hint = next((message for message, value in _mfu_mistakes(tokens_per_s, config, peak, T)
-                     if math.isclose(got, value, rel_tol=1e-6)),
-                    "FLOPs per token are 6·N + 12·n_layer·n_embd·T, N the parameters used in matmuls.")
+        hint = (first_mistake(got, _mfu_mistakes(tokens_per_s, config, peak, T),
+                              lambda answer, value: math.isclose(answer, value, rel_tol=1e-6))
+                or "FLOPs per token are 6·N + 12·n_layer·n_embd·T, N the parameters used in matmuls.")
         raise AssertionError(
             f"For {_describe(config)} at {tokens_per_s:,.0f} tokens/s on a {peak / 1e12:g} TFLOP/s peak"
             f"{'' if context is None else f' with context {context}'}, the MFU is {want:.4f} but you "

@@ -13,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 #: (what the learner did wrong, the output that mistake gives), tried in order.
 Mistakes = list[tuple[str, torch.Tensor]]
+
+Answer = TypeVar("Answer")
+Output = TypeVar("Output")
 
 
 def _describe(value: Any) -> str:
@@ -223,14 +226,23 @@ def expect_close(
         raise AssertionError(f"{message}\n(Largest difference from the reference: {worst:.3g}.)")
 
 
+def first_mistake(
+    actual: Answer, mistakes: Iterable[tuple[str, Output]], same: Callable[[Answer, Output], bool]
+) -> str | None:
+    """The message of the first classic mistake whose output ``actual`` reproduces, if any.
+
+    What "reproduces" means depends on what the exercise returns (tensors close within a
+    tolerance, equal lists of ids, floats within a relative tolerance, a pair of tensors), so the
+    check passes the comparison as ``same(actual, output)``. ``mistakes`` may be a generator: the
+    outputs after the first match are never computed.
+    """
+    return next((message for message, output in mistakes if same(actual, output)), None)
+
+
 def matching_mistake(actual: torch.Tensor, mistakes: Mistakes, *, atol: float, rtol: float) -> str | None:
-    """The message of the first classic mistake whose output ``actual`` reproduces, if any."""
-    for message, value in mistakes:
-        if value.shape != actual.shape:
-            continue
-        if torch.allclose(actual.double(), value.double(), atol=atol, rtol=rtol, equal_nan=True):
-            return message
-    return None
+    """:func:`first_mistake` for tensors: the same shape and close within ``atol`` / ``rtol``."""
+    return first_mistake(actual, mistakes, lambda answer, output: output.shape == answer.shape and torch.allclose(
+        answer.double(), output.double(), atol=atol, rtol=rtol, equal_nan=True))
 
 
 def compare(

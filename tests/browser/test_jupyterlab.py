@@ -35,7 +35,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-#: A notebook shows an explorer when a cell calls one of these (lal/viz.py).
+#: A notebook shows an explorer when a cell calls one of these (lal/viz/).
 EXPLORER_CALLS = ("_explorer(",)
 RUN_ALL_TIMEOUT_S = 420  # chapters take ≤ 60 s on a quiet machine; a busy one is slower
 #: JupyterLab 4 renders only the cells in view ("windowing"); the test reads every cell's prompt.
