@@ -9,7 +9,13 @@ from lal.checks.ch01 import check_cross_entropy, check_label_smoothed_cross_entr
 from lal.checks.ch02 import check_bpe_encode, check_bpe_merge, check_mean_embedding
 from lal.checks.ch03 import check_cached_attention, check_causal_attention, check_sliding_window_attention
 from lal.checks.ch04 import check_count_llama_parameters, check_layer_norm, check_rms_norm, check_swiglu_mlp
-from lal.checks.ch05 import check_adamw_step, check_clip_grad_norm, check_should_stop, check_wsd_lr
+from lal.checks.ch05 import (
+    check_adamw_update,
+    check_clip_grad_norm,
+    check_should_stop,
+    check_smallest_diverging_lr,
+    check_wsd_lr,
+)
 from lal.checks.ch06 import check_cached_greedy, check_min_p_filter, check_repetition_penalty, check_sequence_logprob
 from lal.checks.ch07 import check_pad_and_collate, check_sft_targets
 from lal.checks.ch08 import check_accumulated_gradients, check_generation_mfu, check_training_memory
@@ -35,8 +41,9 @@ __all__ = [
     # chapter 5: training
     "check_clip_grad_norm",
     "check_wsd_lr",
-    "check_adamw_step",
+    "check_adamw_update",
     "check_should_stop",
+    "check_smallest_diverging_lr",
     # chapter 6: sampling
     "check_min_p_filter",
     "check_repetition_penalty",

@@ -202,8 +202,9 @@ def plot_lr_schedule(
     peak = int(np.argmax(values))
     ax.annotate(f"peak {values[peak]:.2e}", xy=(peak, values[peak]), xytext=(8, -12),
                 textcoords="offset points", va="top", fontsize=9)
-    ax.annotate(f"final {values[-1]:.2e}", xy=(steps[-1], values[-1]), xytext=(0, -6),
-                textcoords="offset points", ha="right", va="top", fontsize=9)
+    # Above the end of the curve: below it the label would sit on the x-axis tick labels.
+    ax.annotate(f"final {values[-1]:.2e}", xy=(steps[-1], values[-1]), xytext=(0, 8),
+                textcoords="offset points", ha="right", va="bottom", fontsize=9)
     if warmup_steps:
         ax.axvline(warmup_steps, color=REFERENCE_COLOR, linestyle=":", linewidth=1.2)
         ax.annotate(f"end of warmup (step {warmup_steps})", xy=(warmup_steps, 0.02),
