@@ -348,10 +348,10 @@ def _mixing_mistakes(ratio: float, steps: range) -> list[tuple[str, list[tuple[s
         ("Your pretraining steps come one step early (the first one is step 0): among the first s steps there "
          "must be exactly floor(s · ratio) pretraining steps, so with ratio 0.2 the first is step 4, not step 0.",
          stream(lambda s: math.ceil((s + 1) * ratio) > math.ceil(s * ratio))),
-        (f"You replay every {period}-th step (step % round(1 / ratio)): that is a share of 1/{period}, not "
+        (f"You replay one step in {period} (step % round(1 / ratio)): that is a share of 1/{period}, not "
          f"{ratio}. Decide from floor((step + 1) · ratio) > floor(step · ratio), which gives exactly the ratio.",
          stream(lambda s: period > 0 and s % period == period - 1)),
-        (f"You replay every {period}-th step starting at step 0 (step % round(1 / ratio) == 0): that is a share "
+        (f"You replay one step in {period} from step 0 on (step % round(1 / ratio) == 0): that is a share "
          f"of 1/{period}, not {ratio}, and starts one step early.",
          stream(lambda s: period > 0 and s % period == 0)),
         ("You swapped the sources: ratio is the share of steps on *pretraining* text; the rest fine-tune.",
@@ -375,7 +375,7 @@ def _check_ratio_range(mix_batches: Callable[..., Any]) -> None:
             ) from None
         raise AssertionError(
             f"`mix_batches` accepted ratio {ratio}: a share of pretraining steps must be in [0, 1) (at 1 no step "
-            "would fine-tune). Raise a ValueError when the mixer is built."
+            "would fine-tune). Raise a ValueError that says so."
         )
 
 
