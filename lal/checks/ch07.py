@@ -67,7 +67,9 @@ def chat_tokenizer() -> CharTokenizer:
                                    special_tokens=(*CHAT_SPECIAL_TOKENS, "<|system|>"))
 
 
-def _layout(tokenizer: Tokenizer, messages: Sequence[dict[str, str]], *, parse_special: bool = False):
+def _layout(
+    tokenizer: Tokenizer, messages: Sequence[dict[str, str]], *, parse_special: bool = False
+) -> tuple[list[int], list[str], list[str]]:
     """The ids of a conversation, and for each id its message's role and its part of the message."""
     ids: list[int] = []
     roles: list[str] = []
