@@ -11,7 +11,7 @@ from lal.checks.ch03 import check_cached_attention, check_causal_attention, chec
 from lal.checks.ch04 import check_count_llama_parameters, check_layer_norm, check_rms_norm, check_swiglu_mlp
 from lal.checks.ch05 import check_adamw_step, check_clip_grad_norm, check_should_stop, check_wsd_lr
 from lal.checks.ch06 import check_min_p_filter, check_repetition_penalty, check_sequence_logprob
-from lal.checks.ch07 import check_pad_and_collate, check_sft_targets
+from lal.checks.ch07 import check_dpo_loss, check_pad_and_collate, check_sft_targets
 from lal.checks.ch08 import check_gpt2_to_lal, check_mfu, check_training_memory
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     # chapter 7: supervised fine-tuning
     "check_sft_targets",
     "check_pad_and_collate",
+    "check_dpo_loss",
     # chapter 8: the full run
     "check_training_memory",
     "check_mfu",
