@@ -67,13 +67,13 @@ from lal.sft import (
 from lal.tokenizers import Tokenizer
 from lal.train import EvalEvent, History, TrainConfig, train
 
-#: The measured recipe (data/sft/README.md): ``lal dpo``'s defaults.
-DPO_BETA = 0.1
-DPO_STEPS = 300
-DPO_BATCH_SIZE = 32  # pairs per step: 64 sequences
-DPO_LR = 3e-4
-DPO_PAIRS = 2000  # training instructions turned into pairs (each needs one greedy answer)
-DPO_EVAL_PAIRS = 200  # of those, kept out of training to score rewards on
+#: ``lal dpo``'s defaults: of the settings measured (data/sft/README.md), the one that cost least.
+DPO_BETA = 1.0
+DPO_STEPS = 100
+DPO_BATCH_SIZE = 16  # pairs per step: 32 sequences
+DPO_LR = 1e-4
+DPO_PAIRS = 800  # training instructions turned into pairs (each needs one greedy answer)
+DPO_EVAL_PAIRS = 100  # of those, kept out of training to score rewards on
 
 REWARDS_FILE = "rewards.jsonl"
 PAIRS_FILE = "pairs.jsonl"
@@ -170,7 +170,9 @@ def greedy_answers(
 
     The same answers as :func:`lal.sft.answer`, many at once: prompts of the same length in
     tokens are decoded together, as one batch with a KV cache, so no row needs padding (the
-    model has no padding mask) and a few dozen batches answer thousands of prompts.
+    model has no padding mask) and a few dozen batches answer thousands of prompts. One
+    difference: an answer stops at the end of the context, where :func:`lal.sft.answer` crops
+    the context and goes on; an answer that long has missed its ``<|end|>`` and is wrong in both.
     """
     was_training = model.training
     model.eval()
@@ -473,7 +475,7 @@ class RewardLog:
 def default_dpo_config(**overrides: object) -> TrainConfig:
     """Training settings for DPO after ``lal sft`` (``overrides`` replace any).
 
-    A learning rate ten times below fine-tuning's (the model is already good; DPO adjusts it),
+    A learning rate thirty times below fine-tuning's (the model is already good; DPO adjusts it),
     a short warmup, no weight decay and no ``best.pt``, as in fine-tuning (:func:`lal.sft.default_finetune_config`).
     """
     settings: dict[str, object] = dict(
