@@ -8,6 +8,7 @@ Every command is a thin layer over the package, so what the notebooks teach is w
     lal train --text my_corpus.txt --tokenizer bpe --preset bpe-tiny --out runs/mine
     lal sft --ckpt runs/shakespeare --out runs/shakespeare-chat
     lal eval --ckpt runs/shakespeare-chat --data data/sft/instructions_heldout.jsonl
+    lal dpo --ckpt runs/shakespeare-chat --out runs/shakespeare-dpo
     lal chat --ckpt runs/shakespeare-chat
     lal bench --preset char-small
 """
@@ -210,6 +211,39 @@ def build_parser() -> argparse.ArgumentParser:
     run_state.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     run_state.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     sft.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    dpo = commands.add_parser(
+        "dpo",
+        help="preference-tune a fine-tuned chat model (DPO)",
+        description="Direct Preference Optimization after `lal sft`: for training instructions, the correct "
+        "answer is preferred to a wrong one (the model's own mistake where it makes one, else a near-miss), "
+        "against a frozen copy of the model (the reference). Scores the held-out instructions before and "
+        "after, weakest task first. Writes DIR/pairs.jsonl, and DIR/last.pt, DIR/metrics.jsonl (validation "
+        "loss on pretraining text: drift) and DIR/rewards.jsonl (reward margins and accuracies) at every "
+        "evaluation; an interrupted run continues with --resume.",
+        epilog="Example: lal dpo --ckpt runs/tiny-chat --out runs/tiny-dpo",
+    )
+    from lal.dpo import DPO_BATCH_SIZE, DPO_BETA, DPO_EVAL_PAIRS, DPO_LR, DPO_PAIRS, DPO_STEPS
+
+    dpo.add_argument("--ckpt", type=Path, required=True, help="the fine-tuned chat checkpoint or folder (lal sft)")
+    dpo.add_argument("--out", type=Path, required=True, help="folder for the preference-tuned checkpoint and metrics")
+    dpo_text = dpo.add_mutually_exclusive_group()
+    dpo_text.add_argument("--dataset", default=None, help="pretraining dataset scored for drift (default: tinyshakespeare)")
+    dpo_text.add_argument("--text", type=Path, default=None, help="or your own text the model was pretrained on")
+    dpo.add_argument("--steps", type=int, default=DPO_STEPS, help="optimizer steps")
+    dpo.add_argument("--batch-size", type=int, default=DPO_BATCH_SIZE, help="pairs per step")
+    dpo.add_argument("--lr", type=finite_float, default=DPO_LR, help="peak learning rate")
+    dpo.add_argument("--beta", type=finite_float, default=DPO_BETA,
+                     help="how far the model may move from the reference (smaller: further)")
+    dpo.add_argument("--pairs", type=int, default=DPO_PAIRS, help="training instructions turned into pairs")
+    dpo.add_argument("--eval-pairs", type=int, default=DPO_EVAL_PAIRS,
+                     help="of those, pairs kept out of training to score rewards on")
+    dpo.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    dpo.add_argument("--seed", type=int, default=1337, help="random seed")
+    dpo_state = dpo.add_mutually_exclusive_group()
+    dpo_state.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    dpo_state.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    dpo.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser(
         "eval",
@@ -575,6 +609,36 @@ def _sft_resume_command(args: argparse.Namespace) -> str:
     return " ".join(words + ["--resume"])
 
 
+def cmd_dpo(args: argparse.Namespace) -> int:
+    from lal.dpo import dpo_from_checkpoint
+
+    try:
+        report = dpo_from_checkpoint(
+            args.ckpt, args.out, dataset=args.dataset, text_path=args.text, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, beta=args.beta, n_pairs=args.pairs, eval_pairs=args.eval_pairs,
+            device=args.device, seed=args.seed, progress=not args.quiet, resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        saved = args.out / "last.pt"
+        print(f"\nInterrupted. {saved} keeps the run as of its last evaluation; continue it with: "
+              f"{_resume_command(args, 'dpo')}" if saved.is_file()
+              else "\nInterrupted. Nothing was saved yet: run the same command again.", file=sys.stderr)
+        return 130
+    print(report)
+    return 0
+
+
+def _resume_command(args: argparse.Namespace, command: str) -> str:
+    """The ``lal COMMAND`` line that continues this run: the settings that differ from the defaults, plus --resume."""
+    defaults = vars(build_parser().parse_args([command, "--ckpt", "x", "--out", "x"]))
+    words = ["lal", command, "--ckpt", str(args.ckpt), "--out", str(args.out)]
+    for name, value in vars(args).items():
+        if name not in ("command", "ckpt", "out", "resume", "overwrite", "quiet") and value != defaults[name]:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(words + ["--resume"])
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from lal.sft import evaluate_checkpoint
 
@@ -673,6 +737,7 @@ COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "sft": cmd_sft,
+    "dpo": cmd_dpo,
     "eval": cmd_eval,
     "chat": cmd_chat,
     "corpus": cmd_corpus,

@@ -25,7 +25,7 @@ from typing import Any
 import torch.nn as nn
 
 from lal.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, load_model_state
-from lal.train import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, History, TrainConfig, train
+from lal.train import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE, History, LossFn, TrainConfig, train
 from lal.tokenizers import Tokenizer
 
 #: The environment variable that turns every :func:`train_or_reuse` into a load of the saved run.
@@ -74,6 +74,7 @@ def train_or_reuse(
     *,
     tokenizer: Tokenizer,
     callbacks: Iterable[Callable[..., Any]] = (),
+    loss_fn: LossFn | None = None,
 ) -> History:
     """Train ``model`` into ``run_dir(name)``, or, with ``LAL_REUSE_RUNS=1``, load that run.
 
@@ -81,6 +82,7 @@ def train_or_reuse(
     tells the same story. When reusing, the model gets the weights the run ended with
     (``last.pt``) and the returned :class:`History` is the one it wrote, so every later cell
     (plots, samples, the best checkpoint) behaves as if the training had just happened.
+    ``loss_fn`` is :func:`lal.train.train`'s (what a step minimises, e.g. ``lal.dpo``'s loss).
     """
     folder = run_dir(name)
     if reuse_runs() and saved_run(name) is not None:
@@ -93,7 +95,7 @@ def train_or_reuse(
     if folder.exists():
         shutil.rmtree(folder)
     cfg = dataclasses.replace(cfg, out_dir=folder, save_checkpoints=True)
-    return train(model, train_data, val_data, cfg, tokenizer=tokenizer, callbacks=callbacks)
+    return train(model, train_data, val_data, cfg, tokenizer=tokenizer, callbacks=callbacks, loss_fn=loss_fn)
 
 
 def load_chapter5_model(device: str = "cpu", quick_steps: int = QUICK_STEPS) -> Checkpoint:

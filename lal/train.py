@@ -266,12 +266,14 @@ def forward_backward(
     device: str | torch.device = "cpu",
     scaler: torch.amp.GradScaler | None = None,
     precision: str = "auto",
+    loss_fn: LossFn | None = None,
 ) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradient of the mean loss over ``n_batches`` micro-batches.
 
     Each micro-batch loss is divided by ``n_batches`` before ``backward``, so the summed gradients
     equal those of one batch ``n_batches`` times larger (gradient accumulation: a big batch in
     the memory of a small one). Returns that mean loss as a detached device scalar (no sync).
+    ``loss_fn(model, x, y)`` replaces the model's own cross-entropy (see :func:`train`).
     """
     device = torch.device(device)
     total = torch.zeros((), device=device)
@@ -281,7 +283,7 @@ def forward_backward(
         no_sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
         with no_sync:
             with autocast(device, precision):
-                _, loss = model(x, y)
+                loss = model(x, y)[1] if loss_fn is None else loss_fn(model, x, y)
             loss = loss / n_batches
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach().float()
@@ -373,6 +375,10 @@ class EvalEvent:
 
 Callback = Callable[[EvalEvent], Any]
 
+#: What a training step can minimise instead of the model's cross-entropy: ``loss_fn(model, x, y)``
+#: returns a scalar for the batch ``(x, y)`` (preference tuning, ``lal.dpo``, compares two answers).
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; training stopped without saving the broken weights."""
@@ -416,6 +422,7 @@ class _Trainer:
         cfg: TrainConfig,
         tokenizer: Tokenizer | None = None,
         callbacks: Sequence[Callback] = (),
+        loss_fn: LossFn | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -437,6 +444,7 @@ class _Trainer:
             )
         self.tokenizer = tokenizer
         self.callbacks = list(callbacks)
+        self.loss_fn = loss_fn
         # Token ids to cut random windows from, or a function that makes each micro-batch itself
         # (fine-tuning's padded, masked batches): ``batches(i) -> (x, y)`` for micro-batch i.
         self.train_batches = train_data if callable(train_data) else None
@@ -514,7 +522,7 @@ class _Trainer:
             group["lr"] = lr
         batches = self._micro_batches(state.step)
         step_loss = forward_backward(self.step_model, batches, cfg.grad_accum_steps, self.device, self.scaler,
-                                     cfg.precision)
+                                     cfg.precision, self.loss_fn)
         if self.check_every_step and not math.isfinite(step_loss.item()):
             self._diverged(state.step + 1, lr)  # before the update: the weights in memory stay good
         if cfg.grad_clip is not None:
@@ -756,6 +764,7 @@ def train(
     tokenizer: Tokenizer | None = None,
     callbacks: Iterable[Callback] = (),
     resume: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> History:
     """Train ``model`` on ``train_data``, evaluating on ``val_data``; return the :class:`History`.
 
@@ -767,13 +776,16 @@ def train(
     ``cfg.eval_windows`` validation windows; each callback is then called with an
     :class:`EvalEvent`. With ``cfg.out_dir`` set, ``metrics.jsonl``, ``best.pt`` and ``last.pt``
     are written there (the tokenizer is then required, so checkpoints are self-contained).
+    ``loss_fn(model, x, y)``, when given, is what each step minimises instead of the model's own
+    cross-entropy (``lal.dpo`` trains on preference pairs this way); the ``train_loss`` recorded is
+    then its mean, and the validation loss stays the cross-entropy on ``val_data``.
 
     ``resume=True`` continues from ``out_dir/last.pt``: weights, optimizer, step, history and
     random-generator states, so the result equals a run that was never interrupted.
     Raises :class:`TrainingDivergedError` if the loss becomes NaN or infinite, and
     ``torch.OutOfMemoryError`` with the settings to lower when a step does not fit in memory.
     """
-    trainer = _Trainer(model, train_data, val_data, cfg or TrainConfig(), tokenizer, tuple(callbacks))
+    trainer = _Trainer(model, train_data, val_data, cfg or TrainConfig(), tokenizer, tuple(callbacks), loss_fn)
     try:
         return trainer.run(resume)
     except torch.OutOfMemoryError as error:  # say which setting to lower, not only how many bytes were missing

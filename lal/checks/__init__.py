@@ -17,7 +17,7 @@ from lal.checks.ch05 import (
     check_wsd_lr,
 )
 from lal.checks.ch06 import check_cached_greedy, check_min_p_filter, check_repetition_penalty, check_sequence_logprob
-from lal.checks.ch07 import check_encode_chat, check_mix_batches, check_pad_and_collate
+from lal.checks.ch07 import check_dpo_loss, check_encode_chat, check_mix_batches, check_pad_and_collate
 from lal.checks.ch08 import check_accumulated_gradients, check_generation_mfu, check_training_memory
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "check_encode_chat",
     "check_pad_and_collate",
     "check_mix_batches",
+    "check_dpo_loss",
     # chapter 8: the full run
     "check_training_memory",
     "check_generation_mfu",

@@ -435,3 +435,126 @@ def check_mix_batches(mix_batches: Callable[[Callable, Callable, float], Callabl
 
 
 # --- preference tuning (DPO) checks below ---
+
+
+# --------------------------------------------------------------------------- Exercise 7.4: dpo_loss
+
+#: (logits (B, T, V), targets (B, T)) of a batch of answers; targets are -100 outside the response.
+Answers = tuple[torch.Tensor, torch.Tensor]
+
+
+def _no_dpo_library() -> Forbidden:
+    from lal.dpo import DPOObjective, dpo_loss, dpo_rewards, sequence_logprobs
+
+    return Forbidden(
+        what="lal.dpo's loss",
+        why="the exercise asks you to compute the response log-probabilities and the DPO loss yourself",
+        python_functions=(dpo_loss, dpo_rewards, sequence_logprobs, DPOObjective.__call__, DPOObjective.logprobs),
+    )
+
+
+def _response_logps(answers: Answers, *, whole: bool = False, per_token: bool = False) -> torch.Tensor:
+    """Σ log p(target) over the response (targets ≠ -100) of each row, in float64: ``(B,)``.
+
+    ``whole`` counts every position (the -100 targets read as token 0), ``per_token`` averages
+    instead of summing: two classic mistakes.
+    """
+    logits, targets = answers
+    mask = targets != IGNORE_INDEX  # (B, T)
+    logps = torch.log_softmax(logits.detach().double(), dim=-1)  # (B, T, V)
+    picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    if whole:
+        return picked.sum(dim=1)
+    total = (picked * mask).sum(dim=1)
+    return total / mask.sum(dim=1) if per_token else total
+
+
+def _dpo_reference(pc: Answers, pr: Answers, rc: Answers, rr: Answers, beta: float, *, sign: float = 1.0,
+                   beta_outside: bool = False, **logp_options: bool) -> torch.Tensor:
+    chosen = _response_logps(pc, **logp_options) - _response_logps(rc, **logp_options)  # (B,)
+    rejected = _response_logps(pr, **logp_options) - _response_logps(rr, **logp_options)  # (B,)
+    if beta_outside:
+        return beta * torch.nn.functional.softplus(-(chosen - rejected)).mean()
+    return torch.nn.functional.softplus(-sign * beta * (chosen - rejected)).mean()
+
+
+def _dpo_cases() -> list[tuple[str, list[Answers], float]]:
+    """(description, [policy chosen, policy rejected, ref chosen, ref rejected], beta) cases."""
+    generator = torch.Generator().manual_seed(73)
+    cases = []
+    for what, batch, length, vocab, beta in (
+        ("one pair", 1, 6, 7, 0.1), ("three pairs, beta 0.5", 3, 9, 11, 0.5),
+        ("four pairs with padding, beta 2", 4, 12, 9, 2.0), ("two pairs, a large beta of 5", 2, 8, 13, 5.0),
+    ):
+        answers = []
+        for _ in ("chosen", "rejected"):
+            targets = torch.randint(vocab, (batch, length), generator=generator)
+            for row in range(batch):  # a prompt of 2..length-3 tokens, then the response, then padding
+                start = int(torch.randint(2, length - 2, (1,), generator=generator))
+                end = int(torch.randint(start + 1, length + 1, (1,), generator=generator))
+                targets[row, :start] = IGNORE_INDEX
+                targets[row, end:] = IGNORE_INDEX
+            answers.append(targets)
+        logits = [2.0 * torch.randn(batch, length, vocab, generator=generator, dtype=torch.float64) for _ in range(4)]
+        cases.append((what, [(logits[0], answers[0]), (logits[1], answers[1]), (logits[2], answers[0]),
+                             (logits[3], answers[1])], beta))
+    return cases
+
+
+def _dpo_mistakes(args: list[Answers], beta: float) -> list[tuple[str, torch.Tensor]]:
+    return [
+        ("The sign is flipped: your loss falls when the rejected answer gains on the chosen one. The loss is "
+         "−log σ(β · (chosen margin − rejected margin)): it must shrink as the chosen answer wins.",
+         _dpo_reference(*args, beta, sign=-1.0)),
+        ("β is applied outside the sigmoid (β · −log σ(margin)). β scales the rewards inside it: "
+         "−log σ(β · margin); outside, it only rescales the loss, and the model may drift as far as it likes.",
+         _dpo_reference(*args, beta, beta_outside=True)),
+        ("You summed the log-probabilities of the whole sequence, prompt and padding included. Only the "
+         "response counts: keep the positions whose target is not -100 (the SFT mask).",
+         _dpo_reference(*args, beta, whole=True)),
+        ("You averaged the log-probabilities over the response's tokens. DPO compares the probability of the "
+         "whole answer: sum them.",
+         _dpo_reference(*args, beta, per_token=True)),
+    ]
+
+
+def _as_loss(value: Any, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise AssertionError(f"`dpo_loss` should return a torch.Tensor (the mean loss), but returned "
+                             f"{type(value).__name__}: keep it a tensor, so training can call .backward() on it.")
+    if value.numel() != 1 or not value.dtype.is_floating_point:
+        raise AssertionError(f"`dpo_loss` returned a {value.dtype} tensor of shape {tuple(value.shape)} on {what}; "
+                             "it should return one number, the mean loss over the pairs (a float tensor).")
+    if not torch.isfinite(value).all():
+        raise AssertionError(f"`dpo_loss` returned {value.item()} on {what}. −log σ(z) is F.softplus(−z) "
+                             "(or −F.logsigmoid(z)), which stays finite where torch.log(torch.sigmoid(z)) does not.")
+    return value.reshape(())
+
+
+def check_dpo_loss(dpo_loss: Callable[..., torch.Tensor]) -> None:
+    """Exercise 7.4: the mean DPO loss from the (logits, targets) of the policy's and the reference's answers."""
+    name = "dpo_loss"
+    cases = _dpo_cases()
+    rules = [_no_dpo_library()]
+    for what, args, beta in cases:
+        inputs = [(logits.clone().requires_grad_(True), targets.clone()) for logits, targets in args]
+        value = _as_loss(call(dpo_loss, name, *inputs, beta, forbidden=rules), what)
+        expected = _dpo_reference(*args, beta)
+        if not torch.allclose(value.detach().double(), expected, rtol=1e-5, atol=1e-6):
+            mistake = first_mistake(value.detach().double(), _dpo_mistakes(args, beta),
+                                    lambda answer, wrong: bool(torch.allclose(answer, wrong, rtol=1e-5, atol=1e-6)))
+            raise AssertionError(
+                f"{mistake or f'`{name}` is wrong on {what}.'}\n(On {what}: expected {expected.item():.5f}, "
+                f"got {value.item():.5f}.)")
+        if not value.requires_grad:
+            raise AssertionError(f"`{name}`'s loss carries no gradient on {what}: keep the computation in torch "
+                                 "(no .item(), no torch.no_grad() around the policy), or training cannot learn from it.")
+        value.backward()
+        if any(logits.grad is not None and logits.grad.abs().sum() > 0 for logits, _ in inputs[2:]):
+            raise AssertionError(
+                "The reference is not detached: the loss sends gradient into the reference model's logits. The "
+                "reference is frozen (it only measures how far the policy moved): compute its log-probabilities "
+                "under torch.no_grad(), or .detach() them.")
+        if any(logits.grad is None for logits, _ in inputs[:2]):
+            raise AssertionError(f"No gradient reaches the policy's logits on {what}: only the reference is frozen.")
+    passed(name, len(cases))

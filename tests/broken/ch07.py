@@ -311,3 +311,69 @@ BROKEN = {
 
 
 # --- preference tuning (DPO) checks below ---
+
+
+
+def _logps(answers, *, mask=True, mean=False):
+    logits, targets = answers
+    keep = targets != IGNORE
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    if not mask:
+        return picked.sum(dim=1)
+    total = (picked * keep).sum(dim=1)
+    return total / keep.sum(dim=1) if mean else total
+
+
+def _margin(pc, pr, rc, rr, **options):
+    with torch.no_grad():
+        ref_c, ref_r = _logps(rc, **options), _logps(rr, **options)
+    return (_logps(pc, **options) - ref_c) - (_logps(pr, **options) - ref_r)
+
+
+def dpo_sign_flipped(pc, pr, rc, rr, beta):
+    """−log σ(−β · margin): rewards the rejected answer."""
+    return -torch.nn.functional.logsigmoid(-beta * _margin(pc, pr, rc, rr)).mean()
+
+
+def dpo_beta_outside_the_sigmoid(pc, pr, rc, rr, beta):
+    """β · −log σ(margin): β scales the loss instead of the rewards."""
+    return beta * -torch.nn.functional.logsigmoid(_margin(pc, pr, rc, rr)).mean()
+
+
+def dpo_whole_sequence(pc, pr, rc, rr, beta):
+    """Sums the log-probabilities of every position, prompt and padding included."""
+    return -torch.nn.functional.logsigmoid(beta * _margin(pc, pr, rc, rr, mask=False)).mean()
+
+
+def dpo_mean_per_token(pc, pr, rc, rr, beta):
+    """Averages the response's log-probabilities instead of summing them."""
+    return -torch.nn.functional.logsigmoid(beta * _margin(pc, pr, rc, rr, mean=True)).mean()
+
+
+def dpo_reference_not_detached(pc, pr, rc, rr, beta):
+    """The reference's log-probabilities keep their gradient."""
+    margin = (_logps(pc) - _logps(rc)) - (_logps(pr) - _logps(rr))
+    return -torch.nn.functional.logsigmoid(beta * margin).mean()
+
+
+def dpo_returns_a_float(pc, pr, rc, rr, beta):
+    """Returns .item(): a number training cannot differentiate."""
+    return -torch.nn.functional.logsigmoid(beta * _margin(pc, pr, rc, rr)).mean().item()
+
+
+def dpo_calls_lal(pc, pr, rc, rr, beta):
+    """Delegates to lal.dpo, which the exercise forbids."""
+    from lal.dpo import dpo_loss
+
+    return dpo_loss(_logps(pc), _logps(pr), _logps(rc), _logps(rr), beta)
+
+
+BROKEN["check_dpo_loss"] = [
+    (dpo_sign_flipped, "sign is flipped"),
+    (dpo_beta_outside_the_sigmoid, "outside the sigmoid"),
+    (dpo_whole_sequence, "whole sequence"),
+    (dpo_mean_per_token, "averaged the log-probabilities"),
+    (dpo_reference_not_detached, "reference is not detached"),
+    (dpo_returns_a_float, "should return a torch.Tensor"),
+    (dpo_calls_lal, "does not allow"),
+]
