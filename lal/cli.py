@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model size, see `lal presets` (default: char-tiny; with --resume, the checkpoint's)")
     train.add_argument("--out", type=Path, required=True, help="folder for metrics and checkpoints")
     train.add_argument("--max-steps", type=int, default=None,
-                       help="optimizer steps (default: the preset's); a run shorter than ten times the preset's "
-                       "warmup warms up for a tenth of its steps")
+                       help="optimizer steps (default: the preset's); a run no longer than the preset's warmup "
+                       "ends while still warming up, which the schedule line says")
     train.add_argument("--target-val-loss", type=finite_float, default=None, help="stop once validation loss reaches this")
     train.add_argument("--batch-size", type=int, default=None, help="windows per step (default: the preset's)")
     train.add_argument("--block-size", type=int, default=None, help="context length (default: the preset's)")
@@ -341,8 +341,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None:
             setattr(cfg, name, value)
-    preset_warmup = cfg.warmup_steps
-    cfg.warmup_steps = _warmup_for_run(cfg)
     cfg.compile = cfg.compile or args.compile
     cfg.precision = args.precision
     cfg.out_dir = str(args.out)
@@ -378,7 +376,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(plan_run(model, cfg, train_data=data.train, val_data=data.val).summary())
         finish_distributed()
         return 0
-    say(_schedule_text(cfg, context.world_size, model.config.block_size, preset_warmup))
+    say(_schedule_text(cfg, context.world_size, model.config.block_size))
     try:
         if args.backend == "mlx":  # the same initial weights (the seed's), trained by MLX
             from lal.mlx import from_torch
@@ -485,29 +483,28 @@ def _vocabulary_text(tokenizer) -> str:
     return f"{tokenizer.vocab_size} tokens ({tokenizer.vocab_size - special} {ordinary} + {special} special tokens)"
 
 
-#: The largest share of a run its warmup may take: a preset's warmup is shortened to this in runs
-#: that --max-steps makes short (100 warmup steps in a 20-step run would end it at a fifth of the
-#: peak learning rate, with no decay at all). The presets' own runs warm up for 7-10 %.
-MAX_WARMUP_FRACTION = 0.1
+def _schedule_text(cfg, world_size: int, model_block_size: int) -> str:
+    """The run's batch and learning-rate schedule in one line, as it will really happen.
 
+    A run no longer than its warmup never reaches the peak rate nor the cosine: the line says so,
+    with the rate it ends at, instead of describing a decay that will not happen. (The warmup is
+    not shortened to fit: a run extended later with --resume must follow the schedule an
+    uninterrupted longer run would have.)
+    """
+    from lal.train import lr_at
 
-def _warmup_for_run(cfg) -> int:
-    """The preset's warmup, or a tenth of the decay when that is shorter (at least one step)."""
-    return min(cfg.warmup_steps, max(1, int(cfg.decay_steps * MAX_WARMUP_FRACTION)))
-
-
-def _schedule_text(cfg, world_size: int, model_block_size: int, preset_warmup: int | None = None) -> str:
     block_size = cfg.block_size or model_block_size
     global_batch = cfg.batch_size * cfg.grad_accum_steps * world_size
-    shortened = (
-        f" (the preset's {preset_warmup}, shortened to a tenth of this run)"
-        if preset_warmup is not None and preset_warmup != cfg.warmup_steps else ""
-    )
+    if cfg.max_steps <= cfg.warmup_steps:
+        schedule = (f"learning rate warms up towards {cfg.lr:g} over {cfg.warmup_steps} steps, longer than this "
+                    f"run: it ends still warming up, at {lr_at(cfg.max_steps - 1, cfg):.2g}")
+    else:
+        schedule = (f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps, then cosine to "
+                    f"{cfg.min_lr:g} at step {cfg.decay_steps}")
     return (
         f"Global batch {global_batch} windows × {block_size} tokens = {global_batch * block_size:,} tokens per step "
         f"({cfg.batch_size} per micro-batch × {cfg.grad_accum_steps} accumulation × {world_size} process(es)); "
-        f"learning rate warms up to {cfg.lr:g} over {cfg.warmup_steps} steps{shortened}, then cosine to "
-        f"{cfg.min_lr:g} at step {cfg.decay_steps}; {cfg.max_steps} steps."
+        f"{schedule}; {cfg.max_steps} steps."
     )
 
 
