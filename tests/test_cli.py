@@ -55,6 +55,9 @@ def test_train_then_generate(text_file: Path, tmp_path: Path, capsys) -> None:
 
 def test_resume_continues_an_interrupted_run(text_file: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Bit for bit: with dropout, the resumed run must also restore torch's random state."""
+    # One thread count for all three runs: lal follows other programs' CPU use by changing torch's
+    # thread count as it trains (lal/_cpu_load.py), which changes float rounding; OMP_NUM_THREADS pins it.
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert _train(text_file, straight, "--max-steps", "20", "--dropout", "0.1") == 0
 
@@ -69,7 +72,7 @@ def test_resume_continues_an_interrupted_run(text_file: Path, tmp_path: Path, mo
     monkeypatch.setattr(lal.train, "train", train_interrupted_at_step_10)
     assert _train(text_file, resumed, "--max-steps", "20", "--dropout", "0.1") == 130
     assert "--resume" in capsys.readouterr().err
-    monkeypatch.undo()
+    monkeypatch.setattr(lal.train, "train", uninterrupted_train)
     assert _train(text_file, resumed, "--max-steps", "20", "--dropout", "0.1", "--resume") == 0
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert a.config.dropout == b.config.dropout == 0.1
