@@ -20,19 +20,13 @@ import numpy as np
 import torch
 
 from lal.mlx.model import GPT
-from lal.sample import PromptIds, check_sampling_args, decode_stream, sample_next_token
+from lal.sample import PromptIds, _prompt_tensor, check_sampling_args, decode_stream, sample_next_token
 from lal.tokenizers import Tokenizer
 
 
 def _prompt_ids(prompt_ids: PromptIds, block_size: int) -> list[int]:
-    """The prompt as a list of ids, cropped to its last ``block_size`` (see ``lal.sample.stream``)."""
-    ids = [int(i) for i in torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1)]
-    if not ids:
-        raise ValueError(
-            "The prompt is empty, but the model needs at least one token to condition on. Start "
-            "from a single token, e.g. the id of a newline: tokenizer.encode('\\n')."
-        )
-    return ids[-block_size:]
+    """The prompt as a list of ids, cropped to its last ``block_size``: lal.sample's own checks."""
+    return _prompt_tensor(prompt_ids, block_size, torch.device("cpu"))[0].tolist()
 
 
 def stream(
