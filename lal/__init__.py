@@ -6,16 +6,14 @@ hand, checks it against the version here, and imports this version from then on.
 
 import os
 
-# PyTorch's CPU threads (OpenMP) busy-wait between operations by default. When other programs
-# compete for the cores (a browser, a notebook server, a second kernel) the spinning threads take
-# the cores they need and every small operation waits for a descheduled thread: training ran up to
-# 15x slower. Sleeping threads cost nothing measurable on an idle machine (benchmarks/README.md).
-# OpenMP reads this once, when torch loads it, so it is set before anything imports torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from lal import _cpu_load  # imports nothing heavy: torch is not loaded yet
 
-from lal import _cpu_load  # noqa: E402  (starts the measurement of other programs' CPU use)
-
-_cpu_load.start()
+# How PyTorch's CPU threads (OpenMP) wait between operations is read once, when torch loads
+# OpenMP, so it is decided here, before anything imports torch: threads that spin briefly where
+# lal can see other programs' CPU use and fit the thread count to it, threads that sleep where
+# it cannot (benchmarks/README.md has the measurements).
+_cpu_load.choose_wait_policy(os.environ)
+_cpu_load.start()  # the measurement of other programs' CPU use begins
 
 __version__ = "0.1.0"
 

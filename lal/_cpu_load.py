@@ -6,14 +6,25 @@ for another program: a 15x slowdown was measured. One thread per *free* core avo
 idle machine it is torch's default. Other programs' share is measured from ``/proc/stat`` (Linux):
 all CPU time spent on our cores minus our own. Elsewhere torch's default is kept.
 
-This module imports nothing heavy: ``lal/__init__.py`` starts a measurement before torch is
-imported, so that importing torch (a second or so) is the first measuring window.
+How the threads wait matters as much as how many there are. Between two operations OpenMP's
+threads spin for a moment (its default) or sleep at once (``OMP_WAIT_POLICY=PASSIVE``).
+Spinning threads beside a program that wants their core take its time slices, and every
+operation waits for a descheduled thread; but on a quiet 2-core machine sleeping threads made a
+small model train a quarter to a third slower (every operation wakes them;
+``benchmarks/wait_policy.py``). Where this module can measure the load, it gives a busy machine
+fewer threads (one thread has nothing to spin for), so threads may spin; where it cannot, they
+sleep (:func:`choose_wait_policy`).
+
+This module imports nothing heavy: ``lal/__init__.py`` chooses the wait policy and starts a
+measurement before torch is imported, so that importing torch (a second or so) is the first
+measuring window.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import MutableMapping
 
 
 
@@ -72,6 +83,23 @@ class CpuLoad:
         if others is None:
             return None
         return max(1, min(len(self.cores), round(len(self.cores) - others)))
+
+
+def can_measure_load() -> bool:
+    """True where other programs' CPU use on our cores can be read (Linux's ``/proc/stat``)."""
+    return _busy_seconds(_our_cores()) is not None
+
+
+def choose_wait_policy(environ: MutableMapping[str, str]) -> None:
+    """Make OpenMP's threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``) where the load is unseen.
+
+    It must run before torch is imported (OpenMP reads the variable once, when it loads). Where
+    :func:`can_measure_load`, OpenMP's default (spin for a moment, then sleep) is kept: the thread
+    count follows the load, so no thread spins beside a program that needs the core. A value the
+    user set is kept either way.
+    """
+    if "OMP_WAIT_POLICY" not in environ and not can_measure_load():
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 _load: CpuLoad | None = None

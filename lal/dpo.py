@@ -34,7 +34,6 @@ import copy
 import json
 import os
 import random
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +46,6 @@ from lal.instructions import (
     Example,
     WordPools,
     course_instructions,
-    score_response,
     sum_split,
     word_pools,
 )
@@ -56,12 +54,11 @@ from lal.sft import (
     DEFAULT_TEMPLATE,
     ChatTemplate,
     EvalReport,
-    EvalResult,
     SFTBatches,
     check_run_folder,
     encode_example,
-    encode_prompt,
     evaluate_instructions,
+    greedy_answers,
     special_token_id,
 )
 from lal.tokenizers import Tokenizer
@@ -155,62 +152,6 @@ def near_miss(example: Example, rng: random.Random) -> str:
         wrong = _edit_letter(response, rng)
         if wrong != response:
             return wrong
-
-
-@torch.no_grad()
-def greedy_answers(
-    model: GPT,
-    tokenizer: Tokenizer,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    *,
-    template: ChatTemplate = DEFAULT_TEMPLATE,
-) -> list[str]:
-    """The model's greedy answers to ``prompts``, generated until ``<|end|>``.
-
-    The same answers as :func:`lal.sft.answer`, many at once: prompts of the same length in
-    tokens are decoded together, as one batch with a KV cache, so no row needs padding (the
-    model has no padding mask) and a few dozen batches answer thousands of prompts. One
-    difference: an answer stops at the end of the context, where :func:`lal.sft.answer` crops
-    the context and goes on; an answer that long has missed its ``<|end|>`` and is wrong in both.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    encoded = [encode_prompt(tokenizer, prompt, template) for prompt in prompts]
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for index, ids in enumerate(encoded):
-        by_length[len(ids)].append(index)
-    answers = [""] * len(prompts)
-    end_id = special_token_id(tokenizer, template.end)
-    try:
-        for length, rows in by_length.items():
-            n_new = min(max_new_tokens, model.config.block_size - length)
-            cache = model.new_kv_cache(len(rows))
-            logits, _ = model(torch.tensor([encoded[i] for i in rows], device=device), kv_cache=cache)  # (B, L, V)
-            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-            new_tokens = []
-            for _ in range(n_new):
-                token = logits[:, -1].argmax(dim=-1)  # (B,)
-                new_tokens.append(token)
-                done |= token == end_id
-                if bool(done.all()) or len(new_tokens) == n_new:
-                    break
-                logits, _ = model(token[:, None], kv_cache=cache)  # (B, 1, V)
-            generated = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in rows]  # (B, n)
-            for index, ids in zip(rows, generated):
-                cut = ids.index(end_id) if end_id in ids else len(ids)
-                answers[index] = tokenizer.decode(ids[:cut])
-    finally:
-        model.train(was_training)
-    return answers
-
-
-def evaluate_batched(model: GPT, tokenizer: Tokenizer, examples: Sequence[Example]) -> EvalReport:
-    """:func:`lal.sft.evaluate_instructions`'s report (the same greedy answers, the same scores), faster."""
-    longest = max((len(tokenizer.encode(e.response, allowed_special=None)) for e in examples), default=0)
-    answers = greedy_answers(model, tokenizer, [e.prompt for e in examples], longest + 4)
-    return EvalReport([EvalResult(e, text, score_response(e, text)) for e, text in zip(examples, answers)])
 
 
 def make_preference_pairs(
@@ -657,7 +598,7 @@ def dpo_from_checkpoint(
         save_pairs(pairs, out / PAIRS_FILE)
     train_pairs, scoring_pairs = pairs[:-eval_pairs], pairs[-eval_pairs:]
     text = prepare_text_data(dataset=dataset, text_path=text_path, tokenizer=tokenizer)
-    before = evaluate_batched(model, tokenizer, heldout)
+    before = evaluate_instructions(model, tokenizer, heldout)
     log(f"Before preference tuning:\n{before}")
     pretrained_cfg = (checkpoint.extra or {}).get("finetune_config") or {}
     cfg = default_dpo_config(
@@ -667,7 +608,7 @@ def dpo_from_checkpoint(
     torch.manual_seed(seed)
     run = preference_tune(model, train_pairs, text.val, cfg, tokenizer=tokenizer, eval_pairs=scoring_pairs,
                           beta=beta, resume=resume)
-    after = evaluate_batched(model, tokenizer, heldout)
+    after = evaluate_instructions(model, tokenizer, heldout)
     extra = {
         "preference_tuned_from": str(checkpoint.path),
         "dpo_config": cfg.to_dict(),

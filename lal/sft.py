@@ -26,8 +26,9 @@ import json
 import math
 import os
 import zlib
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +36,6 @@ import torch
 from lal.data import batch_to_device, get_batch
 from lal.device import pick_device
 from lal.instructions import (
-    INSTRUCTION_FILES,
     Example,
     course_instructions,
     load_instruction_file,
@@ -446,6 +446,60 @@ def answer(
     return tokenizer.decode(new_ids)
 
 
+@torch.no_grad()
+def greedy_answers(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str | Sequence[Message]],
+    max_new_tokens: int,
+    *,
+    template: ChatTemplate = DEFAULT_TEMPLATE,
+) -> list[str]:
+    """The model's greedy answers to ``prompts`` (texts or conversations), generated until ``<|end|>``.
+
+    The same answers as :func:`answer`, many at once: prompts of the same length in
+    tokens are decoded together, as one batch with a KV cache, so no row needs padding (the
+    model has no padding mask) and a few dozen batches answer thousands of prompts. One
+    difference: an answer stops at the end of the context, where :func:`answer` crops the
+    context and goes on; an answer that long has missed its ``<|end|>`` and is wrong in both.
+    A prompt that fills the context by itself is answered by :func:`answer`, which crops it.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [encode_prompt(tokenizer, prompt, template) for prompt in prompts]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for index, ids in enumerate(encoded):
+        by_length[len(ids)].append(index)
+    answers = [""] * len(prompts)
+    end_id = special_token_id(tokenizer, template.end)
+    try:
+        for length, rows in by_length.items():
+            if length >= model.config.block_size:  # no room for a token without cropping the prompt
+                for index in rows:
+                    answers[index] = answer(model, tokenizer, prompts[index], max_new_tokens, template=template)
+                continue
+            n_new = min(max_new_tokens, model.config.block_size - length)
+            cache = model.new_kv_cache(len(rows))
+            logits, _ = model(torch.tensor([encoded[i] for i in rows], device=device), kv_cache=cache)  # (B, L, V)
+            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+            new_tokens = []
+            for _ in range(n_new):
+                token = logits[:, -1].argmax(dim=-1)  # (B,)
+                new_tokens.append(token)
+                done |= token == end_id
+                if bool(done.all()) or len(new_tokens) == n_new:
+                    break
+                logits, _ = model(token[:, None], kv_cache=cache)  # (B, 1, V)
+            generated = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in rows]  # (B, n)
+            for index, ids in zip(rows, generated):
+                cut = ids.index(end_id) if end_id in ids else len(ids)
+                answers[index] = tokenizer.decode(ids[:cut])
+    finally:
+        model.train(was_training)
+    return answers
+
+
 def evaluate_instructions(
     model: GPT,
     tokenizer: Tokenizer,
@@ -457,16 +511,14 @@ def evaluate_instructions(
     """Answer every example greedily (stopping at ``<|end|>``) and score it with :func:`score_response`.
 
     ``max_new_tokens`` defaults to the longest expected answer plus 4 tokens: a model that has
-    not learned to stop is cut off there (and scored wrong) instead of rambling on.
+    not learned to stop is cut off there (and scored wrong) instead of rambling on. The answers
+    are :func:`answer`'s, computed many at a time by :func:`greedy_answers`.
     """
     if max_new_tokens is None:
         longest = max((len(tokenizer.encode(e.response, allowed_special=None)) for e in examples), default=0)
         max_new_tokens = longest + 4
-    report = EvalReport()
-    for example in examples:
-        generated = answer(model, tokenizer, example.prompt, max_new_tokens, template=template)
-        report.results.append(EvalResult(example, generated, score_response(example, generated)))
-    return report
+    answers = greedy_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens, template=template)
+    return EvalReport([EvalResult(e, text, score_response(e, text)) for e, text in zip(examples, answers)])
 
 
 def chat_reply(

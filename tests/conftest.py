@@ -48,8 +48,15 @@ def shakespeare() -> str:
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tiny models on one thread: as fast as several, and no stalls when other
-    programs compete for the cores (the threads of one operation then wait for each other)."""
-    threads = torch.get_num_threads()
+    programs compete for the cores (the threads of one operation then wait for each other).
+    OMP_NUM_THREADS tells lal's load-following thread count (lal/_cpu_load.py) to keep it: a
+    count that changed between two runs would change their float rounding."""
+    threads, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(threads)
+    if variable is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = variable

@@ -99,12 +99,27 @@ def test_thread_fitter_measures_at_most_once_per_interval(clock, monkeypatch):
     assert len(calls) == 2
 
 
-def test_importing_lal_makes_openmp_threads_sleep_not_spin():
-    """OMP_WAIT_POLICY must be in the environment before torch loads OpenMP, i.e. on `import lal`."""
+def test_openmp_threads_sleep_only_where_the_load_cannot_be_seen(monkeypatch):
+    """Where the thread count cannot follow the load, spinning threads would take busy cores."""
+    monkeypatch.setattr(_cpu_load, "_busy_seconds", lambda cores: None)  # no /proc/stat: macOS, Windows
+    environ: dict[str, str] = {}
+    _cpu_load.choose_wait_policy(environ)
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    environ = {"OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice wins
+    _cpu_load.choose_wait_policy(environ)
+    assert environ == {"OMP_WAIT_POLICY": "ACTIVE"}
+    monkeypatch.setattr(_cpu_load, "_busy_seconds", lambda cores: 12.5)  # the load is measured
+    environ = {}
+    _cpu_load.choose_wait_policy(environ)
+    assert environ == {}  # OpenMP's default: spin for a moment, then sleep
+
+
+def test_importing_lal_chooses_the_wait_policy_before_torch_loads():
+    """OMP_WAIT_POLICY is read once, when torch loads OpenMP: it must be decided on `import lal`."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = "import lal, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    code = "import lal, os, sys; print(os.environ.get('OMP_WAIT_POLICY', 'default'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["default" if _cpu_load.can_measure_load() else "PASSIVE", "False"]
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # the user's choice is kept
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["PASSIVE", "False"]
-    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice wins
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["ACTIVE", "False"]

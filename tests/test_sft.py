@@ -48,6 +48,7 @@ from lal.sft import (
     evaluate_instructions,
     finetune,
     finetune_from_checkpoint,
+    greedy_answers,
     make_sft_batches,
     mix_pretraining,
     pretraining_batches,
@@ -369,6 +370,33 @@ def test_report_rows_per_task_and_overall() -> None:
     ]
     assert report.task_accuracy() == {"reverse": 0.5, "add": 1.0}
     assert "reverse" in str(report) and "67%" in str(report)
+
+
+def test_evaluation_gives_each_prompts_own_greedy_answer(shakespeare_chars: CharTokenizer) -> None:
+    """Batching prompts of one length with a KV cache must not change any answer or score."""
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=shakespeare_chars.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    model.eval()
+    prompts = [e.prompt for e in make_instruction_dataset(12, seed=5)]
+    assert len({len(p) for p in prompts}) < len(prompts)  # some share a length, so some share a batch
+    assert greedy_answers(model, shakespeare_chars, prompts, 10) == [
+        answer(model, shakespeare_chars, prompt, 10) for prompt in prompts
+    ]
+    conversation = [{"role": "user", "content": prompts[0]}, {"role": "assistant", "content": "no"},
+                    {"role": "user", "content": prompts[1]}]
+    assert greedy_answers(model, shakespeare_chars, [conversation], 6) == [answer(model, shakespeare_chars, conversation, 6)]
+    too_long = "Reverse: " + "a" * 70  # fills the 64-token context by itself: cropped, as answer() does
+    assert greedy_answers(model, shakespeare_chars, [too_long], 5) == [answer(model, shakespeare_chars, too_long, 5)]
+
+    examples = make_instruction_dataset(24, seed=7, split="heldout")
+    report = evaluate_instructions(model, shakespeare_chars, examples)
+    longest = max(len(shakespeare_chars.encode(e.response, allowed_special=None)) for e in examples)
+    for result, example in zip(report.results, examples):
+        one = answer(model, shakespeare_chars, example.prompt, longest + 4)
+        # A batched answer stops at the end of the context, where answer() crops it and goes on:
+        # an answer that long (this random model rambles) has missed its <|end|> and is wrong in both.
+        assert one.startswith(result.generated) and result.correct == score_response(example, one)
+    assert model.training is False
 
 
 def _prefix_probability(model: GPT, tokenizer: CharTokenizer, prompt: str) -> float:
