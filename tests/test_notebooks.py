@@ -62,6 +62,13 @@ def test_executed_top_to_bottom_without_errors(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_cells_store_no_execution_times(path: Path) -> None:
+    """Timestamps change on every run: a re-executed notebook would differ where nothing did."""
+    timed = [i for i, c in enumerate(nbformat.read(path, as_version=4).cells) if "execution" in c.get("metadata", {})]
+    assert not timed, f"cells {timed[:5]} store execution times: execute with tools/execute_notebooks.py"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_nbval_markers_sit_on_the_first_line(path: Path) -> None:
     for cell in _code_cells(path):
         lines = cell.source.splitlines()
