@@ -21,6 +21,7 @@ import torch
 from lal.checks.common import Forbidden, call, first_mistake, passed
 from lal.model import GPT, GPTConfig, expected_parameters, preset_config
 from lal.plan import estimate_memory
+from lal.train import forward_backward
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "total")
 
@@ -38,6 +39,11 @@ _NO_PLAN = Forbidden(
     what="lal.plan.estimate_memory",
     why="that is the plan's own memory estimate, the function this exercise asks you to write",
     python_functions=(estimate_memory,),
+)
+_NO_ACCUMULATION = Forbidden(
+    what="lal.train.forward_backward",
+    why="that is lal's own gradient accumulation, the loop this exercise asks you to write",
+    python_functions=(forward_backward,),
 )
 
 
@@ -290,7 +296,7 @@ def check_accumulated_gradients(accumulated_gradients: Callable[..., Mapping[str
         seen: list[int] = []
         hook = model.register_forward_pre_hook(_count_windows(seen), with_kwargs=True)
         try:
-            result = call(accumulated_gradients, "accumulated_gradients", model, x, y, k)
+            result = call(accumulated_gradients, "accumulated_gradients", model, x, y, k, forbidden=[_NO_ACCUMULATION])
         finally:
             hook.remove()
         if seen != [windows // k] * k:

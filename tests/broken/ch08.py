@@ -209,6 +209,15 @@ def overwrites_with_autograd_grad(model, x, y, micro_batches):
     return grads
 
 
+def calls_lal_accumulation(model, x, y, micro_batches):
+    """lal's own accumulation loop instead of one written by hand."""
+    from lal.train import forward_backward
+
+    model.zero_grad()
+    forward_backward(model, iter(_slices(x, y, micro_batches)), micro_batches)
+    return _grads(model)
+
+
 #: What each failure must say (a regular expression searched in the check's message).
 MATCH = {
     adam_for_every_optimizer: r"SGD with momentum keeps one number per parameter",
@@ -239,6 +248,7 @@ MATCH = {
     keeps_stale_gradients: r"start with model.zero_grad\(\)",
     whole_batch_at_once: r"the whole batch never goes through the model at once",
     overwrites_with_autograd_grad: r"only the last micro-batch's gradient is left, at full size",
+    calls_lal_accumulation: r"calls lal.train.forward_backward.*does not allow",
 }
 
 BROKEN = {
@@ -249,6 +259,7 @@ BROKEN = {
                              no_attention, counts_position_table, one_layer_of_attention, last_token_only, percent,
                              uses_the_model],
     "check_accumulated_gradients": [sums_the_losses, zero_grad_inside_the_loop, divides_by_windows_too,
-                                    keeps_stale_gradients, whole_batch_at_once, overwrites_with_autograd_grad],
+                                    keeps_stale_gradients, whole_batch_at_once, overwrites_with_autograd_grad,
+                                    calls_lal_accumulation],
 }
 BROKEN = {check: [(function, MATCH[function]) for function in functions] for check, functions in BROKEN.items()}
