@@ -55,6 +55,7 @@ from lal.sft import (
     ChatTemplate,
     EvalReport,
     SFTBatches,
+    answer_budget,
     check_run_folder,
     encode_example,
     evaluate_instructions,
@@ -181,9 +182,8 @@ def make_preference_pairs(
     if model is not None:
         if tokenizer is None:
             raise ValueError("make_preference_pairs(model=...) needs the model's tokenizer too.")
-        longest = max((len(tokenizer.encode(e.response, allowed_special=None)) for e in examples), default=0)
-        generated = list(greedy_answers(model, tokenizer, [e.prompt for e in examples], longest + 4,
-                                        template=template))
+        budget = answer_budget(tokenizer, examples)
+        generated = list(greedy_answers(model, tokenizer, [e.prompt for e in examples], budget, template=template))
     rng = random.Random(seed)
     pairs = []
     for example, own in zip(examples, generated):

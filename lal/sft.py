@@ -500,6 +500,11 @@ def greedy_answers(
     return answers
 
 
+def answer_budget(tokenizer: Tokenizer, examples: Sequence[Example]) -> int:
+    """New tokens to allow when answering ``examples``: their longest expected answer plus 4."""
+    return max((len(tokenizer.encode(e.response, allowed_special=None)) for e in examples), default=0) + 4
+
+
 def evaluate_instructions(
     model: GPT,
     tokenizer: Tokenizer,
@@ -515,8 +520,7 @@ def evaluate_instructions(
     are :func:`answer`'s, computed many at a time by :func:`greedy_answers`.
     """
     if max_new_tokens is None:
-        longest = max((len(tokenizer.encode(e.response, allowed_special=None)) for e in examples), default=0)
-        max_new_tokens = longest + 4
+        max_new_tokens = answer_budget(tokenizer, examples)
     answers = greedy_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens, template=template)
     return EvalReport([EvalResult(e, text, score_response(e, text)) for e, text in zip(examples, answers)])
 
