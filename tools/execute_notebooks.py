@@ -37,7 +37,10 @@ def cell_seconds(cell: nbformat.NotebookNode) -> float | None:
     start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
     if not (start and end):
         return None
-    return (datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    def moment(stamp: str) -> datetime:  # "…Z": Python 3.10's fromisoformat wants "+00:00"
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+    return (moment(end) - moment(start)).total_seconds()
 
 
 def execute(path: Path, timeout_s: int) -> tuple[float, list[tuple[int, float, str]]]:

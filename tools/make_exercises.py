@@ -9,8 +9,7 @@ In a solutions notebook, the code a learner must write sits between two marker l
 
 The exercises notebook is the same notebook with each such region replaced by a stub that raises
 ``NotImplementedError`` naming the exercise, cells tagged ``solution-only`` removed (worked
-answers to the thinking questions, for instance), outputs and execution times cleared, and its
-own Colab badge::
+answers to the thinking questions, for instance), outputs cleared, and its own Colab badge::
 
     python tools/make_exercises.py            # write exercises/ (``make exercises``)
     python tools/make_exercises.py --check    # exit 1 if exercises/ is not what this would write
@@ -81,7 +80,6 @@ def exercises_notebook(solutions: nbformat.NotebookNode, exercises_path: str) ->
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-            cell.metadata.pop("execution", None)  # when the solutions ran: nothing an exercise needs
             if BEGIN in cell.source:
                 cell.source = stub_region(cell.source, exercise)
         cells.append(cell)
