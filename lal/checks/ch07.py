@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lal.checks.common import Forbidden, call, first_mistake, forbid, passed
+from lal.checks.common import Forbidden, call, expect_value_error, first_mistake, passed
 from lal.model import IGNORE_INDEX
 from lal.sft import (SFTBatches, encode_conversation, encode_example, encode_prompt, mix_pretraining,
                      pretraining_steps_before)
@@ -152,27 +152,18 @@ def _encode_chat_mistakes(tokenizer: Tokenizer, messages: Sequence[dict[str, str
 
 def _check_refuses_unknown_role(encode_chat: Callable[..., Any], tokenizer: Tokenizer) -> None:
     bad = [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "done"}]
-    try:
-        with forbid([NO_SFT_ENCODING], "encode_chat"):
-            encode_chat(tokenizer, bad)
-    except ValueError as error:
-        if "tool" not in str(error):
-            raise AssertionError(
-                "`encode_chat` raised a ValueError for the role 'tool', good, but its message does not name "
-                f"the role: {str(error)!r}. Say which role is unknown and which ones exist."
-            ) from None
-        return
-    except AssertionError:
-        raise
-    except Exception as error:  # the learner's code may raise anything
+    error = expect_value_error(
+        lambda: encode_chat(tokenizer, bad), [NO_SFT_ENCODING], "encode_chat",
+        who="For a message whose role is 'tool', `encode_chat`",
+        raise_what="Raise a ValueError that names the role (a KeyError from a dictionary lookup tells the user "
+                   "nothing).",
+        accepted="`encode_chat` accepted a message whose role is 'tool': a role without a marker cannot be "
+                 "written. Raise a ValueError that names it.")
+    if "tool" not in str(error):
         raise AssertionError(
-            f"For a message whose role is 'tool', `encode_chat` raised {type(error).__name__}: {error}. Raise a "
-            "ValueError that names the role (a KeyError from a dictionary lookup tells the user nothing)."
-        ) from None
-    raise AssertionError(
-        "`encode_chat` accepted a message whose role is 'tool': a role without a marker cannot be written. "
-        "Raise a ValueError that names it."
-    )
+            "`encode_chat` raised a ValueError for the role 'tool', good, but its message does not name "
+            f"the role: {str(error)!r}. Say which role is unknown and which ones exist."
+        )
 
 
 def check_encode_chat(encode_chat: Callable[[Tokenizer, list[dict[str, str]]], tuple[list[int], list[int]]]) -> None:
@@ -363,22 +354,12 @@ def _mixing_mistakes(ratio: float, steps: range) -> list[tuple[str, list[tuple[s
 
 def _check_ratio_range(mix_batches: Callable[..., Any]) -> None:
     for ratio in (1.0, -0.1, 1.5):
-        try:
-            with forbid([NO_SFT_MIXING], "mix_batches"):
-                mix_batches(_source("sft"), _source("pretraining"), ratio)(0)
-        except ValueError:
-            continue
-        except AssertionError:
-            raise
-        except Exception as error:  # the learner's code may raise anything
-            raise AssertionError(
-                f"`mix_batches` with ratio {ratio} raised {type(error).__name__}: {error}. Raise a ValueError "
-                "that says the ratio must be in [0, 1)."
-            ) from None
-        raise AssertionError(
-            f"`mix_batches` accepted ratio {ratio}: a share of pretraining steps must be in [0, 1) (at 1 no step "
-            "would fine-tune). Raise a ValueError that says so."
-        )
+        expect_value_error(
+            lambda: mix_batches(_source("sft"), _source("pretraining"), ratio)(0), [NO_SFT_MIXING], "mix_batches",
+            who=f"`mix_batches` with ratio {ratio}",
+            raise_what="Raise a ValueError that says the ratio must be in [0, 1).",
+            accepted=f"`mix_batches` accepted ratio {ratio}: a share of pretraining steps must be in [0, 1) (at 1 no "
+                     "step would fine-tune). Raise a ValueError that says so.")
 
 
 def check_mix_batches(mix_batches: Callable[[Callable, Callable, float], Callable[[int], Any]]) -> None:

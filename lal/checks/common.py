@@ -144,6 +144,26 @@ def forbid(rules: Sequence[Forbidden], name: str) -> Iterator[None]:
         raise mode.violation or seen[0]
 
 
+def expect_value_error(action: Callable[[], Any], rules: Sequence[Forbidden], name: str, *, who: str,
+                       raise_what: str, accepted: str) -> ValueError:
+    """Run ``action`` (the learner's code on a bad input) and return the ValueError it must raise.
+
+    Any other exception, or none, is an :class:`AssertionError` for the learner: ``who`` starts
+    the message ("`mix_batches` with ratio 1.5"), ``raise_what`` says what to raise instead, and
+    ``accepted`` is the whole message when the bad input went through.
+    """
+    try:
+        with forbid(rules, name):
+            action()
+    except ValueError as error:
+        return error
+    except AssertionError:
+        raise
+    except Exception as error:  # the learner's code may raise anything
+        raise AssertionError(f"{who} raised {type(error).__name__}: {error}. {raise_what}") from None
+    raise AssertionError(accepted)
+
+
 def _holds_integers(index: Any) -> bool:
     """True for an index that picks rows by number: an int, an integer tensor, or a list of ints."""
     if isinstance(index, bool):
