@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import execute_notebooks
 from notebook_cells import JUPYTERLAB_KERNELSPEC, ROOT, colab_url, course_notebooks, header_is_current
 
 NOTEBOOKS = course_notebooks()
@@ -104,3 +105,14 @@ def test_chapters_store_the_kernelspec_jupyterlab_writes(path: Path) -> None:
     metadata = nbformat.read(path, as_version=4).metadata
     assert dict(metadata.kernelspec) == JUPYTERLAB_KERNELSPEC, "execute with tools/execute_notebooks.py"
     assert metadata.language_info.name == "python"
+
+
+def test_execute_notebooks_refuses_a_missing_path_in_one_line(capsys, tmp_path) -> None:
+    present = ROOT / "notebooks" / "01_next_token_prediction.ipynb"
+    before = present.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        execute_notebooks.main([str(present), str(tmp_path / "07_nope.ipynb")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"no such notebook: {tmp_path / '07_nope.ipynb'} (the chapters are notebooks/NN_*.ipynb)")
+    assert present.read_bytes() == before  # refused before executing anything

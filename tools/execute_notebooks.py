@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = args.paths or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted(
         (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")
     )
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)} (the chapters are notebooks/NN_*.ipynb)")
     for path in paths:
         seconds, slow = execute(path.resolve(), args.timeout)
         print(f"{seconds:6.1f} s  {path.resolve().relative_to(ROOT)}", flush=True)
