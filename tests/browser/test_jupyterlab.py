@@ -262,17 +262,15 @@ def _open_and_run_all(browser, base: str, token: str, folder: Path, notebook: Pa
     reloading the page: the test does the same once, on a fresh kernel, and says so in a warning.
     Every check then runs on that second run, which must complete.
     """
-    _shut_down_kernels(base, token)  # a previous notebook's kernel, idle or not
-    try:
-        return _run_all_on_a_fresh_page(browser, base, token, folder, notebook, n_code_cells)
-    except RepliesLost as lost:
-        warnings.warn(f"{notebook.name}: the page lost the kernel's replies; reloading on a fresh kernel: {lost}",
-                      stacklevel=1)
-    _shut_down_kernels(base, token)
-    try:
-        return _run_all_on_a_fresh_page(browser, base, token, folder, notebook, n_code_cells)
-    except RepliesLost as lost:
-        pytest.fail(f"{notebook.name}: the page lost the kernel's replies twice: {lost}")
+    for attempt in (1, 2):
+        _shut_down_kernels(base, token)  # a previous notebook's kernel, or this one's that lost its replies
+        try:
+            return _run_all_on_a_fresh_page(browser, base, token, folder, notebook, n_code_cells)
+        except RepliesLost as lost:
+            if attempt == 2:
+                pytest.fail(f"{notebook.name}: the page lost the kernel's replies twice: {lost}")
+            warnings.warn(f"{notebook.name}: the page lost the kernel's replies; reloading on a fresh kernel: {lost}",
+                          stacklevel=1)
 
 
 def _wait_until_shown(element, what: str, console_errors: list[str], timeout_s: float = 90) -> None:
